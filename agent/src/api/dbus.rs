@@ -1,0 +1,296 @@
+//! The D-Bus API: a Manager object, one Job object per job, and the ObjectManager.
+//! The bus policy (systemd/io.github.os_migrate.Agent1.conf) admits only root and
+//! group osm to methods; the agent checks the caller's credentials again.
+use std::collections::HashMap;
+
+use osm_api::{ApiError, CopyRequest, ErrorCode, Extent, JobInfo, BUS_NAME, ROOT_PATH};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::{interface, Connection};
+
+use crate::config::Bus;
+use crate::jobs::{Caller, Engine, Event};
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "io.github.os_migrate.Agent1.Error")]
+pub enum DbusError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    InvalidArgument(String),
+    NotFound(String),
+    PermissionDenied(String),
+    SourceUnreachable(String),
+    TargetTooSmall(String),
+    TargetNotWritable(String),
+    InvalidState(String),
+    Internal(String),
+}
+
+impl From<crate::error::Error> for DbusError {
+    fn from(e: crate::error::Error) -> Self {
+        let ApiError { code, message: m } = ApiError::from(&e);
+        match code {
+            ErrorCode::InvalidArgument => DbusError::InvalidArgument(m),
+            ErrorCode::NotFound => DbusError::NotFound(m),
+            ErrorCode::PermissionDenied => DbusError::PermissionDenied(m),
+            ErrorCode::SourceUnreachable => DbusError::SourceUnreachable(m),
+            ErrorCode::TargetTooSmall => DbusError::TargetTooSmall(m),
+            ErrorCode::TargetNotWritable => DbusError::TargetNotWritable(m),
+            ErrorCode::InvalidState => DbusError::InvalidState(m),
+            ErrorCode::Internal => DbusError::Internal(m),
+        }
+    }
+}
+
+/// The calling process's credentials, as the bus daemon vouches for them.
+async fn caller(conn: &Connection, hdr: &Header<'_>) -> Result<Caller, DbusError> {
+    let sender = hdr
+        .sender()
+        .ok_or_else(|| DbusError::PermissionDenied("message without sender".into()))?;
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    let name = zbus::names::BusName::from(sender.to_owned());
+    let uid = dbus
+        .get_connection_unix_user(name.clone())
+        .await
+        .map_err(|e| DbusError::ZBus(e.into()))?;
+    let pid = dbus.get_connection_unix_process_id(name).await.ok();
+    Ok(Caller::from_pid(uid, u32::MAX, pid.map(|p| p as i32)))
+}
+
+struct Manager {
+    engine: Engine,
+}
+
+#[interface(name = "io.github.os_migrate.Agent1.Manager")]
+impl Manager {
+    /// Start a copy job; returns its object path at once.
+    /// Options: "extents" a(tt) (offset, length), "target-is-zero" b, "connections" u.
+    async fn start_copy(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        source: String,
+        target: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<OwnedObjectPath, DbusError> {
+        let who = caller(conn, &hdr).await?;
+        let mut req = CopyRequest {
+            source,
+            target,
+            extents: None,
+            target_is_zero: false,
+            connections: None,
+        };
+        for (k, v) in options {
+            let bad =
+                |k: &str| DbusError::InvalidArgument(format!("option '{k}' has the wrong type"));
+            match k.as_str() {
+                "extents" => {
+                    let v: Vec<(u64, u64)> = v.try_into().map_err(|_| bad(&k))?;
+                    req.extents = Some(
+                        v.into_iter()
+                            .map(|(offset, length)| Extent { offset, length })
+                            .collect(),
+                    );
+                }
+                "target-is-zero" => req.target_is_zero = v.try_into().map_err(|_| bad(&k))?,
+                "connections" => req.connections = Some(v.try_into().map_err(|_| bad(&k))?),
+                other => {
+                    return Err(DbusError::InvalidArgument(format!(
+                        "unknown option '{other}' (known: extents, target-is-zero, connections)"
+                    )))
+                }
+            }
+        }
+        let info = self.engine.start_copy(&who, req)?;
+        Ok(path(info.id))
+    }
+
+    async fn list_jobs(&self) -> Vec<OwnedObjectPath> {
+        self.engine.list().iter().map(|j| path(j.id)).collect()
+    }
+
+    #[zbus(property)]
+    async fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+}
+
+struct Job {
+    info: JobInfo,
+    engine: Engine,
+}
+
+#[interface(name = "io.github.os_migrate.Agent1.Job")]
+impl Job {
+    async fn cancel(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DbusError> {
+        let who = caller(conn, &hdr).await?;
+        self.engine.cancel(&who, self.info.id)?;
+        Ok(())
+    }
+
+    /// Emitted once when the job reaches succeeded, failed or cancelled.
+    #[zbus(signal)]
+    async fn completed(emitter: &SignalEmitter<'_>, state: &str, error: &str) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    async fn id(&self) -> u64 {
+        self.info.id
+    }
+    #[zbus(property)]
+    async fn kind(&self) -> String {
+        self.info.kind.clone()
+    }
+    #[zbus(property)]
+    async fn state(&self) -> String {
+        self.info.state.as_str().to_string()
+    }
+    #[zbus(property)]
+    async fn step(&self) -> String {
+        self.info.step.clone()
+    }
+    #[zbus(property)]
+    async fn progress(&self) -> f64 {
+        self.info.progress
+    }
+    #[zbus(property)]
+    async fn bytes_done(&self) -> u64 {
+        self.info.bytes_done
+    }
+    #[zbus(property)]
+    async fn bytes_total(&self) -> u64 {
+        self.info.bytes_total
+    }
+    #[zbus(property)]
+    async fn bytes_read(&self) -> u64 {
+        self.info.bytes_read
+    }
+    #[zbus(property)]
+    async fn bytes_written(&self) -> u64 {
+        self.info.bytes_written
+    }
+    #[zbus(property)]
+    async fn rate(&self) -> u64 {
+        self.info.rate
+    }
+    #[zbus(property)]
+    async fn error(&self) -> String {
+        self.info.error.clone()
+    }
+    #[zbus(property)]
+    async fn source(&self) -> String {
+        self.info.source.clone()
+    }
+    #[zbus(property)]
+    async fn target(&self) -> String {
+        self.info.target.clone()
+    }
+}
+
+fn path(id: u64) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(osm_api::job_path(id)).expect("valid object path")
+}
+
+/// Connect, export every known job, take the well-known name.
+pub async fn connect(bus: &Bus, engine: &Engine) -> zbus::Result<Connection> {
+    let builder = match bus {
+        Bus::System => zbus::connection::Builder::system()?,
+        Bus::Address(a) => zbus::connection::Builder::address(a.as_str())?,
+        Bus::None => unreachable!("callers skip D-Bus when disabled"),
+    };
+    let conn = builder
+        .serve_at(
+            ROOT_PATH,
+            Manager {
+                engine: engine.clone(),
+            },
+        )?
+        .serve_at(ROOT_PATH, zbus::fdo::ObjectManager)?
+        .build()
+        .await?;
+    for info in engine.list() {
+        conn.object_server()
+            .at(
+                osm_api::job_path(info.id),
+                Job {
+                    info,
+                    engine: engine.clone(),
+                },
+            )
+            .await?;
+    }
+    conn.request_name(BUS_NAME).await?;
+    Ok(conn)
+}
+
+/// Mirror engine events onto job objects: add, update properties, signal completion.
+pub async fn publish(conn: Connection, engine: Engine) {
+    let mut rx = engine.subscribe();
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        if let Err(e) = apply(&conn, &engine, ev).await {
+            tracing::warn!("D-Bus update: {e}");
+        }
+    }
+}
+
+async fn apply(conn: &Connection, engine: &Engine, ev: Event) -> zbus::Result<()> {
+    let server = conn.object_server();
+    match ev {
+        Event::Added(info) => {
+            server
+                .at(
+                    osm_api::job_path(info.id),
+                    Job {
+                        info,
+                        engine: engine.clone(),
+                    },
+                )
+                .await?;
+        }
+        Event::Changed(info) => {
+            let iface = server
+                .interface::<_, Job>(osm_api::job_path(info.id))
+                .await?;
+            let mut job = iface.get_mut().await;
+            let old = std::mem::replace(&mut job.info, info);
+            let em = iface.signal_emitter();
+            let new = &job.info;
+            if old.state != new.state {
+                job.state_changed(em).await?;
+            }
+            if old.step != new.step {
+                job.step_changed(em).await?;
+            }
+            if old.error != new.error {
+                job.error_changed(em).await?;
+            }
+            if old.bytes_done != new.bytes_done || old.bytes_total != new.bytes_total {
+                job.progress_changed(em).await?;
+                job.bytes_done_changed(em).await?;
+                job.bytes_total_changed(em).await?;
+                job.bytes_read_changed(em).await?;
+                job.bytes_written_changed(em).await?;
+            }
+            if old.rate != new.rate {
+                job.rate_changed(em).await?;
+            }
+        }
+        Event::Completed(info) => {
+            let iface = server
+                .interface::<_, Job>(osm_api::job_path(info.id))
+                .await?;
+            Job::completed(iface.signal_emitter(), info.state.as_str(), &info.error).await?;
+        }
+    }
+    Ok(())
+}

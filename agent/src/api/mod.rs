@@ -1,0 +1,3 @@
+//! Thin adapters: decode a request, call the engine, encode the reply. No logic here.
+pub mod dbus;
+pub mod socket;

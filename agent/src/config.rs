@@ -1,0 +1,254 @@
+//! Configuration: TOML fragments from the drop-in folders (/usr/lib, /run, /etc, in that
+//! order, files sorted by name) and then `--config FILE`; later keys win. Unknown keys
+//! are refused with the file and key named.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DROPIN_DIRS: [&str; 3] = [
+    "/usr/lib/osm/config.d",
+    "/run/osm/config.d",
+    "/etc/osm/config.d",
+];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fragment {
+    agent: Option<AgentFragment>,
+    copy: Option<CopyFragment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFragment {
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    byid_dir: Option<PathBuf>,
+    dbus: Option<String>,
+    admin_group: Option<String>,
+    nbdkit: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyFragment {
+    connections: Option<u32>,
+    chunk_mib: Option<u64>,
+    request_kib: Option<u64>,
+    checkpoint_mib: Option<u64>,
+    checkpoint_seconds: Option<u64>,
+}
+
+/// Which D-Bus to serve on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bus {
+    /// The system bus (honours DBUS_SYSTEM_BUS_ADDRESS).
+    System,
+    /// No D-Bus; the Unix socket only.
+    None,
+    /// An explicit bus address, e.g. `unix:path=/tmp/bus`.
+    Address(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub byid_dir: PathBuf,
+    pub dbus: Bus,
+    pub admin_group: String,
+    pub nbdkit: String,
+    pub copy: CopySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopySettings {
+    pub connections: usize,
+    pub chunk_size: u64,
+    pub request_size: usize,
+    pub checkpoint_bytes: u64,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key} = {value}: {why}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+impl Settings {
+    /// Load drop-ins from `dropin_dirs`, then `file` (if any).
+    pub fn load(dropin_dirs: &[PathBuf], file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut paths = Vec::new();
+        for dir in dropin_dirs {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            v.sort();
+            paths.extend(v);
+        }
+        paths.extend(file.map(Path::to_path_buf));
+        let mut frags = Vec::new();
+        for p in paths {
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let frag: Fragment = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+            frags.push(frag);
+        }
+        Self::merge(frags)
+    }
+
+    fn merge(frags: Vec<Fragment>) -> Result<Settings, ConfigError> {
+        let mut s = Settings::defaults();
+        for f in frags {
+            if let Some(a) = f.agent {
+                set(&mut s.socket, a.socket);
+                set(&mut s.state_dir, a.state_dir);
+                set(&mut s.runtime_dir, a.runtime_dir);
+                set(&mut s.log_dir, a.log_dir);
+                set(&mut s.byid_dir, a.byid_dir);
+                set(&mut s.admin_group, a.admin_group);
+                set(&mut s.nbdkit, a.nbdkit);
+                if let Some(b) = a.dbus {
+                    s.dbus = match b.as_str() {
+                        "system" => Bus::System,
+                        "none" => Bus::None,
+                        addr => Bus::Address(addr.to_string()),
+                    };
+                }
+            }
+            if let Some(c) = f.copy {
+                let bad = |key, value: u64, why| ConfigError::Invalid {
+                    path: "config".into(),
+                    key,
+                    value: value.to_string(),
+                    why,
+                };
+                if let Some(n) = c.connections {
+                    if !(1..=16).contains(&n) {
+                        return Err(bad("copy.connections", n as u64, "must be 1 to 16"));
+                    }
+                    s.copy.connections = n as usize;
+                }
+                if let Some(m) = c.chunk_mib {
+                    if !(1..=1024).contains(&m) {
+                        return Err(bad("copy.chunk_mib", m, "must be 1 to 1024"));
+                    }
+                    s.copy.chunk_size = m << 20;
+                }
+                if let Some(k) = c.request_kib {
+                    if !(4..=32768).contains(&k) || k % 4 != 0 {
+                        return Err(bad(
+                            "copy.request_kib",
+                            k,
+                            "must be a multiple of 4 from 4 to 32768",
+                        ));
+                    }
+                    s.copy.request_size = (k << 10) as usize;
+                }
+                if let Some(m) = c.checkpoint_mib {
+                    s.copy.checkpoint_bytes = m.max(1) << 20;
+                }
+                if let Some(secs) = c.checkpoint_seconds {
+                    s.copy.checkpoint_interval = Duration::from_secs(secs.max(1));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn defaults() -> Settings {
+        Settings {
+            socket: osm_api::DEFAULT_SOCKET.into(),
+            state_dir: "/var/lib/osm".into(),
+            runtime_dir: "/run/osm".into(),
+            log_dir: "/var/log/osm".into(),
+            byid_dir: "/dev/disk/by-id".into(),
+            dbus: Bus::System,
+            admin_group: "osm".into(),
+            nbdkit: "nbdkit".into(),
+            copy: CopySettings {
+                connections: 4,
+                chunk_size: 64 << 20,
+                request_size: 2 << 20,
+                checkpoint_bytes: 128 << 20,
+                checkpoint_interval: Duration::from_secs(2),
+            },
+        }
+    }
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_fragments_win_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("10-a.toml"),
+            "[agent]\nsocket = \"/a\"\nstate_dir = \"/s\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("20-b.toml"),
+            "[agent]\nsocket = \"/b\"\ndbus = \"none\"\n[copy]\nconnections = 2\n",
+        )
+        .unwrap();
+        let s = Settings::load(&[dir.path().to_path_buf()], None).unwrap();
+        assert_eq!(s.socket, PathBuf::from("/b"));
+        assert_eq!(s.state_dir, PathBuf::from("/s"));
+        assert_eq!(s.dbus, Bus::None);
+        assert_eq!(s.copy.connections, 2);
+
+        let bad = dir.path().join("main.toml");
+        std::fs::write(&bad, "[agent]\nsokcet = \"/x\"\n").unwrap();
+        let err = Settings::load(&[], Some(&bad)).unwrap_err().to_string();
+        assert!(err.contains("main.toml") && err.contains("sokcet"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let f = Fragment {
+            copy: Some(CopyFragment {
+                connections: Some(99),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = Settings::merge(vec![f]).unwrap_err().to_string();
+        assert!(err.contains("copy.connections"), "{err}");
+    }
+}

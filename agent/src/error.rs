@@ -1,0 +1,36 @@
+//! The agent's API-facing error, mapped to stable wire codes by an exhaustive match.
+use osm_api::{ApiError, ErrorCode};
+
+use crate::jobs::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("there is no job {0}; `osmctl status` lists the jobs")]
+    NoSuchJob(u64),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("the agent is shutting down; retry once it is back")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<&Error> for ApiError {
+    fn from(e: &Error) -> ApiError {
+        let code = match e {
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::NoSuchJob(_) => ErrorCode::NotFound,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::InvalidState(_) | Error::ShuttingDown => ErrorCode::InvalidState,
+            Error::Store(_) => ErrorCode::Internal,
+        };
+        ApiError {
+            code,
+            message: e.to_string(),
+        }
+    }
+}

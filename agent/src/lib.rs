@@ -1,0 +1,10 @@
+//! osm-agent: the conversion-host daemon. See docs/ and ../shared/design/ARCHITECTURE.md.
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod exec;
+pub mod jobs;
+pub mod nbd;
+
+pub use daemon::run;

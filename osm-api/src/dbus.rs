@@ -1,0 +1,74 @@
+//! D-Bus names and client proxies. The agent serves these interfaces; the XML is
+//! committed in docs/dbus/ and a test compares it with the running service.
+use std::collections::HashMap;
+
+use zbus::proxy;
+use zbus::zvariant::{OwnedObjectPath, Value};
+
+pub const BUS_NAME: &str = "io.github.os_migrate.Agent1";
+pub const ROOT_PATH: &str = "/io/github/os_migrate/Agent1";
+pub const JOBS_PATH: &str = "/io/github/os_migrate/Agent1/jobs";
+pub const MANAGER_IFACE: &str = "io.github.os_migrate.Agent1.Manager";
+pub const JOB_IFACE: &str = "io.github.os_migrate.Agent1.Job";
+
+pub fn job_path(id: u64) -> String {
+    format!("{JOBS_PATH}/{id}")
+}
+
+#[proxy(
+    interface = "io.github.os_migrate.Agent1.Manager",
+    default_service = "io.github.os_migrate.Agent1",
+    default_path = "/io/github/os_migrate/Agent1"
+)]
+pub trait Manager {
+    /// Options: "extents" a(tt) (offset, length), "target-is-zero" b, "connections" u.
+    fn start_copy(
+        &self,
+        source: &str,
+        target: &str,
+        options: HashMap<&str, Value<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    fn list_jobs(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+}
+
+#[proxy(
+    interface = "io.github.os_migrate.Agent1.Job",
+    default_service = "io.github.os_migrate.Agent1"
+)]
+pub trait Job {
+    fn cancel(&self) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn completed(&self, state: &str, error: &str) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn kind(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn step(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn progress(&self) -> zbus::Result<f64>;
+    #[zbus(property)]
+    fn bytes_done(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn bytes_total(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn bytes_read(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn bytes_written(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn rate(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn error(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn source(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn target(&self) -> zbus::Result<String>;
+}

@@ -1,0 +1,14 @@
+//! Wire types shared by `osm-agent` and `osmctl`: names, job states, requests, replies
+//! and the stable error codes. Both transports (D-Bus and the Unix socket) carry these.
+
+mod dbus;
+mod error;
+mod job;
+mod socket;
+
+pub use dbus::{
+    job_path, JobProxy, ManagerProxy, BUS_NAME, JOBS_PATH, JOB_IFACE, MANAGER_IFACE, ROOT_PATH,
+};
+pub use error::{ApiError, ErrorCode};
+pub use job::{CopyRequest, Extent, JobInfo, JobState};
+pub use socket::{Reply, Request, DEFAULT_SOCKET};

@@ -1,0 +1,190 @@
+//! osmctl: the operator's CLI for osm-agent.
+mod client;
+mod extents;
+mod render;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use osm_api::{CopyRequest, JobInfo, JobState};
+
+use client::Client;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "osmctl",
+    version,
+    about = "Operate osm-agent: copy disks, follow and cancel jobs"
+)]
+struct Cli {
+    /// The agent's Unix socket.
+    #[arg(long, global = true, env = "OSM_SOCKET", default_value = osm_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Talk to the agent over D-Bus (the system bus, or --bus-address) instead of the socket.
+    #[arg(long, global = true)]
+    dbus: bool,
+    /// D-Bus address to use with --dbus (default: the system bus).
+    #[arg(long, global = true, env = "OSM_DBUS_ADDRESS")]
+    bus_address: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy a disk from an NBD source to a block device or file (a job in the agent).
+    Copy {
+        /// NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///?socket=PATH) or file:PATH (served by nbdkit).
+        #[arg(long)]
+        from: String,
+        /// Target block device or file (created if missing).
+        #[arg(long)]
+        to: PathBuf,
+        /// Copy only these areas: lines "OFFSET LENGTH", or a JSON list of {offset|start, length}.
+        #[arg(long, value_name = "FILE")]
+        extents: Option<PathBuf>,
+        /// The target already reads as zeroes (a fresh volume): zero runs are not written.
+        #[arg(long)]
+        target_is_zero: bool,
+        /// Parallel NBD connections (1-16; default from the agent's config).
+        #[arg(long)]
+        connections: Option<u32>,
+        /// Follow the job until it ends (as `watch`).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show all jobs, or one.
+    Status { job: Option<u64> },
+    /// Follow a job with a live progress line until it ends; exit status 1 unless it succeeded.
+    Watch { job: u64 },
+    /// Cancel a queued or running job.
+    Cancel { job: u64 },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("osmctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let mut client = if cli.dbus {
+        Client::dbus(cli.bus_address.as_deref()).await?
+    } else {
+        Client::socket(cli.socket.clone())
+    };
+    let ok = std::process::ExitCode::SUCCESS;
+    match cli.command {
+        Command::Copy {
+            from,
+            to,
+            extents,
+            target_is_zero,
+            connections,
+            wait,
+        } => {
+            let to =
+                std::path::absolute(&to).with_context(|| format!("target {}", to.display()))?;
+            let extents = match extents {
+                Some(f) => Some(extents::read(&f)?),
+                None => None,
+            };
+            let req = CopyRequest {
+                source: from,
+                target: to.to_string_lossy().into_owned(),
+                extents,
+                target_is_zero,
+                connections,
+            };
+            let job = client.start_copy(req).await?;
+            if wait {
+                return watch(&mut client, job.id, cli.output).await;
+            }
+            print_job(&job, cli.output);
+            Ok(ok)
+        }
+        Command::Status { job: Some(id) } => {
+            print_job(&client.get(id).await?, cli.output);
+            Ok(ok)
+        }
+        Command::Status { job: None } => {
+            let jobs = client.list().await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+                Output::Table => print!("{}", render::table(&jobs)),
+            }
+            Ok(ok)
+        }
+        Command::Watch { job } => watch(&mut client, job, cli.output).await,
+        Command::Cancel { job } => {
+            client.cancel(job).await?;
+            eprintln!("cancel requested for job {job}");
+            Ok(ok)
+        }
+    }
+}
+
+fn print_job(j: &JobInfo, out: Output) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(j).expect("serializes")),
+        Output::Table => print!("{}", render::table(std::slice::from_ref(j))),
+    }
+}
+
+async fn watch(
+    client: &mut Client,
+    id: u64,
+    out: Output,
+) -> anyhow::Result<std::process::ExitCode> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_print = std::time::Instant::now() - Duration::from_secs(60);
+    let job = loop {
+        let j = client.get(id).await?;
+        if j.state.is_terminal() {
+            break j;
+        }
+        if tty {
+            eprint!("\r\x1b[2K{}", render::progress_line(&j));
+        } else if last_print.elapsed() >= Duration::from_secs(5) {
+            eprintln!("{}", render::progress_line(&j));
+            last_print = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(if tty { 200 } else { 500 })).await;
+    };
+    if tty {
+        eprintln!("\r\x1b[2K{}", render::progress_line(&job));
+    }
+    print_job(&job, out);
+    Ok(match job.state {
+        JobState::Succeeded => std::process::ExitCode::SUCCESS,
+        _ => {
+            if !job.error.is_empty() {
+                eprintln!("osmctl: job {id} {}: {}", job.state, job.error);
+            } else {
+                eprintln!("osmctl: job {id} {}", job.state);
+            }
+            std::process::ExitCode::FAILURE
+        }
+    })
+}

@@ -1,0 +1,1 @@
+"""Plug-ins the osm test bed installs into its OpenStack venv (see ../../README.md)."""

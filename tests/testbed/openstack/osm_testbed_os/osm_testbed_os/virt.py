@@ -1,0 +1,86 @@
+"""Nova virt driver for the test bed: nova's FakeDriver that also plays the hypervisor for
+the server standing for the conversion host (metadata osm_testbed_role=conversion-host).
+
+Volumes attached to that server get a loop device and a /dev/disk/by-id/virtio-* link
+(see hypervisor.py); other servers (the migrated VMs) get nothing, as before. Boot from
+volume is untouched (spawn, not attach_volume). Select with
+    [DEFAULT] compute_driver = osm_testbed_os.virt.ConversionHostDriver
+"""
+from oslo_log import log as logging
+
+from nova import context as nova_context
+from nova import objects
+from nova.compute import power_state
+from nova.compute import vm_states
+from nova.virt import fake
+from nova.virt import hardware
+from nova.volume import cinder
+
+from osm_testbed_os import hypervisor
+
+LOG = logging.getLogger(__name__)
+ROLE_KEY = "osm_testbed_role"
+ROLE = "conversion-host"
+
+
+def _volume_id(connection_info):
+    return connection_info.get("serial") or (connection_info.get("data") or {}).get("volume_id")
+
+
+class ConversionHostDriver(fake.FakeDriver):
+
+    @staticmethod
+    def _is_conversion_host(instance):
+        try:
+            return (instance.metadata or {}).get(ROLE_KEY) == ROLE
+        except Exception:  # metadata not loadable: treat as an ordinary server
+            LOG.exception("osm testbed: cannot read metadata of %s", instance.uuid)
+            return False
+
+    def init_host(self, host):
+        super().init_host(host)
+        # After a restart of the bed the attachments are still in the database but the
+        # loop devices are gone: bring them back for the conversion host.
+        try:
+            ctx = nova_context.get_admin_context()
+            for inst in objects.InstanceList.get_by_host(ctx, host, expected_attrs=["metadata"]):
+                if not self._is_conversion_host(inst):
+                    continue
+                for bdm in objects.BlockDeviceMappingList.get_by_instance_uuid(ctx, inst.uuid):
+                    if bdm.is_volume and bdm.volume_id and bdm.boot_index in (None, -1):
+                        hypervisor.attach(bdm.volume_id, bdm.volume_size or
+                                          cinder.API().get(ctx, bdm.volume_id)["size"])
+        except Exception:
+            LOG.exception("osm testbed: restoring conversion-host volumes failed")
+
+    def get_info(self, instance, use_cache=True):
+        try:
+            return super().get_info(instance, use_cache)
+        except Exception:
+            # The fake driver forgets its servers when nova-compute restarts; keep the
+            # ones the database says are running alive instead of reporting them gone.
+            if instance.vm_state == vm_states.ACTIVE:
+                return hardware.InstanceInfo(state=power_state.RUNNING)
+            raise
+
+    def attach_volume(self, context, connection_info, instance, mountpoint,
+                      disk_bus=None, device_type=None, encryption=None):
+        super().attach_volume(context, connection_info, instance, mountpoint,
+                              disk_bus=disk_bus, device_type=device_type, encryption=encryption)
+        if self._is_conversion_host(instance):
+            vol_id = _volume_id(connection_info)
+            size = cinder.API().get(context, vol_id)["size"]
+            hypervisor.attach(vol_id, size)
+
+    def detach_volume(self, context, connection_info, instance, mountpoint, encryption=None):
+        if self._is_conversion_host(instance):
+            hypervisor.detach(_volume_id(connection_info))
+        super().detach_volume(context, connection_info, instance, mountpoint,
+                              encryption=encryption)
+
+    def extend_volume(self, context, connection_info, instance, requested_size):
+        super().extend_volume(context, connection_info, instance, requested_size)
+        if self._is_conversion_host(instance):
+            vol_id = _volume_id(connection_info)
+            if hypervisor.loops_of(hypervisor.backing_file(vol_id)):
+                hypervisor.attach(vol_id, -(-requested_size // hypervisor.GiB))
