@@ -127,16 +127,18 @@ type envelope struct {
 	Env     string      `xml:"xmlns:soapenv,attr"`
 	XSD     string      `xml:"xmlns:xsd,attr"`
 	XSI     string      `xml:"xmlns:xsi,attr"`
-	Body    interface{} `xml:"soapenv:Body"`
+	Body    struct {
+		Content interface{} // encoded under its own XMLName
+	} `xml:"soapenv:Body"`
 }
 
 func writeEnvelope(w http.ResponseWriter, code int, body interface{}) {
 	var out bytes.Buffer
 	out.WriteString(xml.Header)
-	err := xml.NewEncoder(&out).Encode(&envelope{
-		Env: "http://schemas.xmlsoap.org/soap/envelope/",
-		XSD: "http://www.w3.org/2001/XMLSchema", XSI: "http://www.w3.org/2001/XMLSchema-instance",
-		Body: body})
+	env := &envelope{Env: "http://schemas.xmlsoap.org/soap/envelope/",
+		XSD: "http://www.w3.org/2001/XMLSchema", XSI: "http://www.w3.org/2001/XMLSchema-instance"}
+	env.Body.Content = body
+	err := xml.NewEncoder(&out).Encode(env)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -187,5 +189,5 @@ func writeFault(w http.ResponseWriter, fault types.BaseMethodFault) {
 	}
 	f := &soapFault{Code: "ServerFaultCode", String: msg}
 	f.Detail.Fault = &faultDetail{fault}
-	writeEnvelope(w, http.StatusInternalServerError, struct{ Fault *soapFault }{f})
+	writeEnvelope(w, http.StatusInternalServerError, f)
 }
