@@ -49,11 +49,16 @@ type state struct {
 	disks map[string]*disk         // "<vm moref>/<key>"
 	snaps map[string]map[int32]int // snapshot moref -> disk key -> seq it was given
 	order []types.ManagedObjectReference
+	prev  saved // cbt.json of the previous run, read before the inventory rewrites it
 }
 
 func newState(c config) *state {
-	return &state{cfg: c, dsDir: filepath.Join(c.stateDir, "ds"),
+	st := &state{cfg: c, dsDir: filepath.Join(c.stateDir, "ds"),
 		disks: map[string]*disk{}, snaps: map[string]map[int32]int{}}
+	if b, err := os.ReadFile(filepath.Join(c.stateDir, "cbt.json")); err == nil {
+		_ = json.Unmarshal(b, &st.prev)
+	}
+	return st
 }
 
 func getVM(ref types.ManagedObjectReference) *simulator.VirtualMachine {
@@ -388,14 +393,7 @@ func (st *state) save() {
 // restore re-arms tracking saved by a previous run for disks the new inventory left
 // untracked. Snapshots do not survive a restart; their changeIds do (query with no snapshot).
 func (st *state) restore() {
-	b, err := os.ReadFile(filepath.Join(st.cfg.stateDir, "cbt.json"))
-	if err != nil {
-		return
-	}
-	var s saved
-	if json.Unmarshal(b, &s) != nil {
-		return
-	}
+	s := st.prev
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for _, old := range s.Disks {

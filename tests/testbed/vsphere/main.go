@@ -25,10 +25,10 @@ import (
 
 type config struct {
 	listen, cert, key, user, passFile, stateDir string
-	dcName, dsName                             string
-	extraVMs                                   int
-	pageSize                                   int64
-	guestImage, guest2Disk1, guest2Disk2       string
+	dcName, dsName                              string
+	extraVMs                                    int
+	pageSize                                    int64
+	guestImage, guest2Disk1, guest2Disk2        string
 }
 
 func main() {

@@ -123,10 +123,10 @@ func faultName(b []byte) string {
 }
 
 type envelope struct {
-	XMLName xml.Name    `xml:"soapenv:Envelope"`
-	Env     string      `xml:"xmlns:soapenv,attr"`
-	XSD     string      `xml:"xmlns:xsd,attr"`
-	XSI     string      `xml:"xmlns:xsi,attr"`
+	XMLName xml.Name `xml:"soapenv:Envelope"`
+	Env     string   `xml:"xmlns:soapenv,attr"`
+	XSD     string   `xml:"xmlns:xsd,attr"`
+	XSI     string   `xml:"xmlns:xsi,attr"`
 	Body    struct {
 		Content interface{} // encoded under its own XMLName
 	} `xml:"soapenv:Body"`
