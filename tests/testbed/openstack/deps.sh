@@ -24,7 +24,7 @@ fi
 PY=${OSM_OS_PYTHON:-python3}
 VENV="$OSM_TESTBED_CACHE/openstack/venv"
 stamp=$( { "$PY" -c 'import sys; print(sys.version)'; cat "$HERE/requirements.txt" "$HERE/constraints.txt";
-           cd "$HERE/osm_testbed_os" && find . -name '*.py' -o -name '*.toml' | LC_ALL=C sort | xargs cat; } | sha256sum | cut -c1-16)
+           cat "$HERE/deps.sh"; cd "$HERE/osm_testbed_os" && find . -name '*.py' -o -name '*.toml' | LC_ALL=C sort | xargs cat; } | sha256sum | cut -c1-16)
 if [ -f "$VENV/.osm-stamp" ] && [ "$(cat "$VENV/.osm-stamp")" = "$stamp" ] && [ -x "$VENV/bin/nova-compute" ]; then
   tb_log "openstack venv up to date ($stamp)"
   exit 0
@@ -49,5 +49,8 @@ fi
 src=$(mktemp -d); trap 'rm -rf "$src"' EXIT
 cp -r "$HERE/osm_testbed_os/." "$src/"
 "${PIP[@]}" --no-deps --no-build-isolation --force-reinstall "$src"
+# Nova 34 loads compute_driver only from the nova.virt namespace: a one-line alias there.
+site=$("$VENV/bin/python" -c 'import nova.virt, os; print(os.path.dirname(nova.virt.__file__))')
+echo "from osm_testbed_os.virt import ConversionHostDriver  # noqa: F401 (osm test bed)" >"$site/osm_testbed.py"
 echo "$stamp" >"$VENV/.osm-stamp"
 tb_log "openstack venv ready"

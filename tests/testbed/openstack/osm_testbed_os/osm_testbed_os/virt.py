@@ -4,7 +4,9 @@ the server standing for the conversion host (metadata osm_testbed_role=conversio
 Volumes attached to that server get a loop device and a /dev/disk/by-id/virtio-* link
 (see hypervisor.py); other servers (the migrated VMs) get nothing, as before. Boot from
 volume is untouched (spawn, not attach_volume). Select with
-    [DEFAULT] compute_driver = osm_testbed_os.virt.ConversionHostDriver
+    [DEFAULT] compute_driver = osm_testbed.ConversionHostDriver
+(deps.sh puts the alias nova/virt/osm_testbed.py into the venv: nova 34 loads drivers
+from the nova.virt namespace only)
 """
 from oslo_log import log as logging
 
