@@ -37,12 +37,12 @@ def test_images_are_cached_read_only_raw():
             assert f.read(512)[510:] == b"\x55\xaa", f"{key} has no MBR"
 
 
-@pytest.mark.parametrize("bus", ["virtio", "sata"])
-def test_stock_image_boots_to_login(bus, tmp_path):
+@pytest.mark.parametrize("bus,firmware", [("virtio", "bios"), ("sata", "bios"), ("virtio", "efi")])
+def test_stock_image_boots_to_login(bus, firmware, tmp_path):
     image = ENV["OSM_GUEST_IMAGE"]
     before = stamp(image)
     log = tmp_path / "serial.log"
-    r = bootcheck(image, "--bus", bus, "--log", str(log))
+    r = bootcheck(image, "--bus", bus, "--firmware", firmware, "--log", str(log))
     assert r.returncode == 0, r.stderr
     assert "login prompt" in r.stderr
     assert "osm-guest login:" in log.read_text(errors="replace")
