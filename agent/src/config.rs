@@ -6,11 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub const DROPIN_DIRS: [&str; 3] = [
-    "/usr/lib/osm/config.d",
-    "/run/osm/config.d",
-    "/etc/osm/config.d",
-];
+pub const DROPIN_DIRS: [&str; 3] = ["/usr/lib/osm/config.d", "/run/osm/config.d", "/etc/osm/config.d"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,10 +74,7 @@ pub struct CopySettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {key} = {value}: {why}")]
@@ -164,11 +157,7 @@ impl Settings {
                 }
                 if let Some(k) = c.request_kib {
                     if !(4..=32768).contains(&k) || k % 4 != 0 {
-                        return Err(bad(
-                            "copy.request_kib",
-                            k,
-                            "must be a multiple of 4 from 4 to 32768",
-                        ));
+                        return Err(bad("copy.request_kib", k, "must be a multiple of 4 from 4 to 32768"));
                     }
                     s.copy.request_size = (k << 10) as usize;
                 }

@@ -6,9 +6,7 @@ mod error;
 mod job;
 mod socket;
 
-pub use dbus::{
-    job_path, JobProxy, ManagerProxy, BUS_NAME, JOBS_PATH, JOB_IFACE, MANAGER_IFACE, ROOT_PATH,
-};
+pub use dbus::{job_path, JobProxy, ManagerProxy, BUS_NAME, JOBS_PATH, JOB_IFACE, MANAGER_IFACE, ROOT_PATH};
 pub use error::{ApiError, ErrorCode};
 pub use job::{CopyRequest, Extent, JobInfo, JobState};
 pub use socket::{Reply, Request, DEFAULT_SOCKET};

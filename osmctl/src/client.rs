@@ -5,9 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context};
-use osm_api::{
-    ApiError, CopyRequest, ErrorCode, JobInfo, JobProxy, JobState, ManagerProxy, Reply, Request,
-};
+use osm_api::{ApiError, CopyRequest, ErrorCode, JobInfo, JobProxy, JobState, ManagerProxy, Reply, Request};
 use zbus::zvariant::Value;
 
 pub enum Client {
@@ -28,9 +26,7 @@ impl Client {
             Some(a) => zbus::connection::Builder::address(a)?,
             None => zbus::connection::Builder::system()?,
         };
-        Ok(Client::DBus(
-            b.build().await.context("connecting to D-Bus")?,
-        ))
+        Ok(Client::DBus(b.build().await.context("connecting to D-Bus")?))
     }
 
     fn call(&mut self, req: &Request) -> anyhow::Result<serde_json::Value> {
@@ -46,15 +42,12 @@ impl Client {
         let s = stream.as_mut().expect("connected");
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
-        s.get_mut()
-            .write_all(&line)
-            .context("sending to osm-agent")?;
+        s.get_mut().write_all(&line).context("sending to osm-agent")?;
         let mut buf = String::new();
         if s.read_line(&mut buf).context("reading from osm-agent")? == 0 {
             bail!("osm-agent closed the connection");
         }
-        let reply: Reply =
-            serde_json::from_str(&buf).context("osm-agent sent a malformed reply")?;
+        let reply: Reply = serde_json::from_str(&buf).context("osm-agent sent a malformed reply")?;
         match (reply.ok, reply.result, reply.error) {
             (true, Some(v), _) => Ok(v),
             (_, _, Some(e)) => Err(e.into()),
@@ -64,9 +57,7 @@ impl Client {
 
     pub async fn start_copy(&mut self, req: CopyRequest) -> anyhow::Result<JobInfo> {
         match self {
-            Client::Socket { .. } => Ok(serde_json::from_value(
-                self.call(&Request::StartCopy(req))?,
-            )?),
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::StartCopy(req))?)?),
             Client::DBus(conn) => {
                 let m = ManagerProxy::new(conn).await?;
                 let mut opts: HashMap<&str, Value> = HashMap::new();
@@ -80,10 +71,7 @@ impl Client {
                 if let Some(n) = req.connections {
                     opts.insert("connections", Value::from(n));
                 }
-                let path = m
-                    .start_copy(&req.source, &req.target, opts)
-                    .await
-                    .map_err(dbus_err)?;
+                let path = m.start_copy(&req.source, &req.target, opts).await.map_err(dbus_err)?;
                 let conn = conn.clone();
                 job_from_dbus(&conn, path.as_str()).await
             }
@@ -95,11 +83,7 @@ impl Client {
             Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::ListJobs)?)?),
             Client::DBus(conn) => {
                 let conn = conn.clone();
-                let paths = ManagerProxy::new(&conn)
-                    .await?
-                    .list_jobs()
-                    .await
-                    .map_err(dbus_err)?;
+                let paths = ManagerProxy::new(&conn).await?.list_jobs().await.map_err(dbus_err)?;
                 let mut v = Vec::new();
                 for p in paths {
                     v.push(job_from_dbus(&conn, p.as_str()).await?);
@@ -111,16 +95,10 @@ impl Client {
 
     pub async fn get(&mut self, id: u64) -> anyhow::Result<JobInfo> {
         match self {
-            Client::Socket { .. } => {
-                Ok(serde_json::from_value(self.call(&Request::GetJob { id })?)?)
-            }
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::GetJob { id })?)?),
             Client::DBus(conn) => {
                 let conn = conn.clone();
-                let paths = ManagerProxy::new(&conn)
-                    .await?
-                    .list_jobs()
-                    .await
-                    .map_err(dbus_err)?;
+                let paths = ManagerProxy::new(&conn).await?.list_jobs().await.map_err(dbus_err)?;
                 let path = osm_api::job_path(id);
                 if !paths.iter().any(|p| p.as_str() == path) {
                     return Err(ApiError {
@@ -140,10 +118,7 @@ impl Client {
             Client::DBus(conn) => {
                 let conn = conn.clone();
                 self.get(id).await?;
-                let j = JobProxy::builder(&conn)
-                    .path(osm_api::job_path(id))?
-                    .build()
-                    .await?;
+                let j = JobProxy::builder(&conn).path(osm_api::job_path(id))?.build().await?;
                 j.cancel().await.map_err(dbus_err)
             }
         }
@@ -191,7 +166,10 @@ fn dbus_err(e: zbus::Error) -> anyhow::Error {
         if name.as_str() == "org.freedesktop.DBus.Error.AccessDenied" {
             return ApiError {
                 code: ErrorCode::PermissionDenied,
-                message: format!("the D-Bus policy refused the call: {}; starting or cancelling jobs needs root or group 'osm'", msg.clone().unwrap_or_default()),
+                message: format!(
+                    "the D-Bus policy refused the call: {}; starting or cancelling jobs needs root or group 'osm'",
+                    msg.clone().unwrap_or_default()
+                ),
             }
             .into();
         }

@@ -6,8 +6,7 @@ use anyhow::{bail, Context};
 use osm_api::Extent;
 
 pub fn read(path: &Path) -> anyhow::Result<Vec<Extent>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading extents file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading extents file {}", path.display()))?;
     parse(&text).with_context(|| format!("extents file {}", path.display()))
 }
 
@@ -20,8 +19,7 @@ struct JsonExtent {
 
 pub fn parse(text: &str) -> anyhow::Result<Vec<Extent>> {
     if text.trim_start().starts_with('[') {
-        let v: Vec<JsonExtent> =
-            serde_json::from_str(text).context("not a JSON list of {offset, length}")?;
+        let v: Vec<JsonExtent> = serde_json::from_str(text).context("not a JSON list of {offset, length}")?;
         return Ok(v
             .into_iter()
             .map(|e| Extent {

@@ -104,8 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             connections,
             wait,
         } => {
-            let to =
-                std::path::absolute(&to).with_context(|| format!("target {}", to.display()))?;
+            let to = std::path::absolute(&to).with_context(|| format!("target {}", to.display()))?;
             let extents = match extents {
                 Some(f) => Some(extents::read(&f)?),
                 None => None,
@@ -152,11 +151,7 @@ fn print_job(j: &JobInfo, out: Output) {
     }
 }
 
-async fn watch(
-    client: &mut Client,
-    id: u64,
-    out: Output,
-) -> anyhow::Result<std::process::ExitCode> {
+async fn watch(client: &mut Client, id: u64, out: Output) -> anyhow::Result<std::process::ExitCode> {
     let tty = std::io::stderr().is_terminal();
     let mut last_print = std::time::Instant::now() - Duration::from_secs(60);
     let job = loop {

@@ -24,7 +24,8 @@ tb_bg() {
 # tb_running NAME : true when the recorded process group of NAME is alive.
 tb_running() {
   local f="$OSM_TESTBED_STATE/pids/$1"
-  [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null
+  # The leader's pid also covers the moment before setsid() made the group.
+  [ -f "$f" ] && { kill -0 -- "-$(cat "$f")" 2>/dev/null || kill -0 "$(cat "$f")" 2>/dev/null; }
 }
 
 # tb_stop NAME : TERM the recorded process group, KILL after 10 s, forget it.

@@ -83,8 +83,7 @@ impl Manager {
             connections: None,
         };
         for (k, v) in options {
-            let bad =
-                |k: &str| DbusError::InvalidArgument(format!("option '{k}' has the wrong type"));
+            let bad = |k: &str| DbusError::InvalidArgument(format!("option '{k}' has the wrong type"));
             match k.as_str() {
                 "extents" => {
                     let v: Vec<(u64, u64)> = v.try_into().map_err(|_| bad(&k))?;
@@ -204,12 +203,7 @@ pub async fn connect(bus: &Bus, engine: &Engine) -> zbus::Result<Connection> {
         Bus::None => unreachable!("callers skip D-Bus when disabled"),
     };
     let conn = builder
-        .serve_at(
-            ROOT_PATH,
-            Manager {
-                engine: engine.clone(),
-            },
-        )?
+        .serve_at(ROOT_PATH, Manager { engine: engine.clone() })?
         .serve_at(ROOT_PATH, zbus::fdo::ObjectManager)?
         .build()
         .await?;
@@ -258,9 +252,7 @@ async fn apply(conn: &Connection, engine: &Engine, ev: Event) -> zbus::Result<()
                 .await?;
         }
         Event::Changed(info) => {
-            let iface = server
-                .interface::<_, Job>(osm_api::job_path(info.id))
-                .await?;
+            let iface = server.interface::<_, Job>(osm_api::job_path(info.id)).await?;
             let mut job = iface.get_mut().await;
             let old = std::mem::replace(&mut job.info, info);
             let em = iface.signal_emitter();
@@ -286,9 +278,7 @@ async fn apply(conn: &Connection, engine: &Engine, ev: Event) -> zbus::Result<()
             }
         }
         Event::Completed(info) => {
-            let iface = server
-                .interface::<_, Job>(osm_api::job_path(info.id))
-                .await?;
+            let iface = server.interface::<_, Job>(osm_api::job_path(info.id)).await?;
             Job::completed(iface.signal_emitter(), info.state.as_str(), &info.error).await?;
         }
     }

@@ -68,9 +68,7 @@ fn dispatch(engine: &Engine, caller: &Caller, req: Request) -> Reply {
         Err(e) => Reply::err(ApiError::from(&e)),
     };
     match req {
-        Request::Version => {
-            Reply::ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "api": 1 }))
-        }
+        Request::Version => Reply::ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "api": 1 })),
         Request::StartCopy(r) => json(engine.start_copy(caller, r).map(to_value)),
         Request::ListJobs => Reply::ok(to_value(engine.list())),
         Request::GetJob { id } => json(engine.get(id).map(to_value)),

@@ -14,9 +14,7 @@ pub fn init() {
         .flatten();
     let registry = tracing_subscriber::registry().with(filter);
     match journald {
-        Some(j) => registry
-            .with(j.with_syslog_identifier("osm-agent".into()))
-            .init(),
+        Some(j) => registry.with(j.with_syslog_identifier("osm-agent".into())).init(),
         None => registry
             .with(
                 tracing_subscriber::fmt::layer()

@@ -36,30 +36,28 @@ pub fn run() -> anyhow::Result<()> {
     };
     let settings = Settings::load(&dirs, args.config.as_deref())?;
     logging::init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(settings))
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    for d in [
-        &settings.state_dir,
-        &settings.runtime_dir,
-        &settings.log_dir,
-    ] {
+    // The runtime folder holds the socket (everyone may read status); job folders in it are 0700.
+    let dirs = [
+        (&settings.state_dir, 0o700),
+        (&settings.runtime_dir, 0o755),
+        (&settings.log_dir, 0o700),
+    ];
+    for (d, mode) in dirs {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(mode)
             .create(d)
             .with_context(|| format!("creating {}", d.display()))?;
     }
     let store = Store::open(&settings.state_dir)?;
     let engine = Engine::new(settings.clone(), store);
     let resumed = engine.recover()?;
-    let listener = api::socket::bind(&settings.socket)
-        .with_context(|| format!("binding {}", settings.socket.display()))?;
-    tokio::spawn(api::socket::serve(listener, engine.clone()));
+    // D-Bus first: once the socket accepts, everything is up.
     let _bus = match &settings.dbus {
         Bus::None => None,
         bus => {
@@ -70,16 +68,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             Some(conn)
         }
     };
+    let listener =
+        api::socket::bind(&settings.socket).with_context(|| format!("binding {}", settings.socket.display()))?;
+    tokio::spawn(api::socket::serve(listener, engine.clone()));
     tracing::info!(
         socket = %settings.socket.display(),
         "osm-agent {} ready: {resumed} job(s) resumed, socket {}",
         env!("CARGO_PKG_VERSION"),
         settings.socket.display()
     );
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status(&engine.status_line()),
-    ]);
+    notify(&[NotifyState::Ready, NotifyState::Status(&engine.status_line())]);
     tokio::spawn(status_updates(engine.clone()));
     tokio::spawn(engine_loop(engine.clone()));
 

@@ -35,7 +35,7 @@ pub struct Vddk {
 pub enum Plugin {
     /// A local file (a datastore mounted on the host, and tests).
     File(PathBuf),
-    Vddk(Vddk),
+    Vddk(Box<Vddk>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,10 +95,7 @@ pub enum NbdkitError {
     #[error("nbdkit was not found on PATH; install the nbdkit package (and its vddk plugin for VMware sources)")]
     NotInstalled,
     #[error("cannot prepare {path}: {source}")]
-    Prepare {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Prepare { path: PathBuf, source: std::io::Error },
     #[error("cannot start nbdkit: {0}")]
     Spawn(std::io::Error),
     #[error("nbdkit exited before serving ({status}): {stderr}")]
@@ -119,12 +116,7 @@ pub struct Nbdkit {
 impl Nbdkit {
     /// Start nbdkit and wait until it completes an NBD handshake. Its stderr goes to
     /// `log` (0600); a failure quotes the log's tail.
-    pub fn start(
-        program: &Path,
-        spec: &NbdkitSpec,
-        log: &Path,
-        timeout: Duration,
-    ) -> Result<Nbdkit, NbdkitError> {
+    pub fn start(program: &Path, spec: &NbdkitSpec, log: &Path, timeout: Duration) -> Result<Nbdkit, NbdkitError> {
         let dir = spec.socket.parent().unwrap_or(Path::new("/"));
         let prep = |path: &Path| {
             let path = path.to_path_buf();
@@ -238,7 +230,7 @@ mod tests {
             file: "[datastore1] web [prod]/web.vmdk".into(),
         };
         let spec = NbdkitSpec {
-            plugin: Plugin::Vddk(v),
+            plugin: Plugin::Vddk(Box::new(v)),
             socket: "/s".into(),
         };
         let a = strs(argv(&spec));

@@ -17,17 +17,10 @@ impl Caller {
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                 for line in status.lines() {
                     if let Some(rest) = line.strip_prefix("Gid:") {
-                        gids.extend(
-                            rest.split_whitespace()
-                                .nth(1)
-                                .and_then(|g| g.parse::<u32>().ok()),
-                        );
+                        gids.extend(rest.split_whitespace().nth(1).and_then(|g| g.parse::<u32>().ok()));
                     }
                     if let Some(rest) = line.strip_prefix("Groups:") {
-                        gids.extend(
-                            rest.split_whitespace()
-                                .filter_map(|g| g.parse::<u32>().ok()),
-                        );
+                        gids.extend(rest.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
                     }
                 }
             }
@@ -36,11 +29,7 @@ impl Caller {
     }
 
     /// Root, or a member of the admin group, may start and cancel jobs.
-    pub fn authorize_mutation(
-        &self,
-        admin_group: &str,
-        admin_gid: Option<u32>,
-    ) -> Result<(), Error> {
+    pub fn authorize_mutation(&self, admin_group: &str, admin_gid: Option<u32>) -> Result<(), Error> {
         if self.uid == 0 || admin_gid.is_some_and(|g| self.gids.contains(&g)) {
             return Ok(());
         }
@@ -57,12 +46,7 @@ mod tests {
 
     #[test]
     fn root_and_admin_group_may_mutate_others_not() {
-        assert!(Caller {
-            uid: 0,
-            gids: vec![0]
-        }
-        .authorize_mutation("osm", None)
-        .is_ok());
+        assert!(Caller { uid: 0, gids: vec![0] }.authorize_mutation("osm", None).is_ok());
         assert!(Caller {
             uid: 1000,
             gids: vec![100, 977]

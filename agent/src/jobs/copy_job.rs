@@ -60,14 +60,24 @@ fn parse_source(s: &str) -> Option<Source> {
 pub fn validate(r: &CopyRequest) -> Result<(), Error> {
     let bad = |m: String| Err(Error::InvalidArgument(m));
     match parse_source(&r.source) {
-        None => return bad(format!("source '{}' is neither an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///?socket=PATH) nor file:PATH", r.source)),
+        None => {
+            return bad(format!(
+                "source '{}' is neither an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///?socket=PATH) nor file:PATH",
+                r.source
+            ))
+        }
         Some(Source::File(p)) => {
             if !p.is_absolute() {
                 return bad(format!("source file '{}' must be an absolute path", p.display()));
             }
             match std::fs::metadata(&p) {
                 Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
-                Ok(_) => return bad(format!("source '{}' is not a regular file or block device", p.display())),
+                Ok(_) => {
+                    return bad(format!(
+                        "source '{}' is not a regular file or block device",
+                        p.display()
+                    ))
+                }
                 Err(e) => return bad(format!("source file '{}': {e}", p.display())),
             }
         }
@@ -98,11 +108,7 @@ pub fn validate(r: &CopyRequest) -> Result<(), Error> {
             return bad(format!("connections = {n}: use 1 to 16"));
         }
     }
-    if let Some(x) = r
-        .extents
-        .as_ref()
-        .and_then(|v| v.iter().find(|e| e.length == 0))
-    {
+    if let Some(x) = r.extents.as_ref().and_then(|v| v.iter().find(|e| e.length == 0)) {
         return bad(format!("extent at offset {} has length 0", x.offset));
     }
     Ok(())
@@ -112,12 +118,14 @@ pub fn execute(engine: &Engine, id: u64) -> Result<(), JobError> {
     let _span = tracing::info_span!("job", job_id = id).entered();
     let (request, counters, stop) = engine.job_handles(id).ok_or(JobError::Vanished)?;
     let s = engine.settings();
-    let job_dir = s.runtime_dir.join("jobs").join(id.to_string());
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&job_dir)
-        .map_err(|e| JobError::JobDir(job_dir.clone(), e))?;
+    let jobs_dir = s.runtime_dir.join("jobs");
+    let job_dir = jobs_dir.join(id.to_string());
+    for d in [&jobs_dir, &job_dir] {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(JobError::JobDir(d.clone(), e)),
+            _ => {}
+        }
+    }
     let result = run(engine, id, &request, &job_dir, &counters, &stop);
     let _ = std::fs::remove_dir_all(&job_dir);
     result
@@ -173,9 +181,7 @@ fn run(
         target: PathBuf::from(&request.target),
         extents: request.extents.clone(),
         target_is_zero: request.target_is_zero,
-        connections: request
-            .connections
-            .map_or(s.copy.connections, |n| n as usize),
+        connections: request.connections.map_or(s.copy.connections, |n| n as usize),
         chunk_size: s.copy.chunk_size,
         request_size: s.copy.request_size,
         checkpoint_bytes: s.copy.checkpoint_bytes,
@@ -185,15 +191,9 @@ fn run(
     let store = engine.store();
     let mut save = |cp: &Checkpoint| -> Result<(), String> {
         let json = serde_json::to_string(cp).map_err(|e| e.to_string())?;
-        let done = counters
-            .bytes_done
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let total = counters
-            .bytes_total
-            .load(std::sync::atomic::Ordering::Relaxed);
-        store
-            .set_checkpoint(id, &json, done, total)
-            .map_err(|e| e.to_string())
+        let done = counters.bytes_done.load(std::sync::atomic::Ordering::Relaxed);
+        let total = counters.bytes_total.load(std::sync::atomic::Ordering::Relaxed);
+        store.set_checkpoint(id, &json, done, total).map_err(|e| e.to_string())
     };
     let cp = copy::run(&spec, resume, stop, counters, &mut save)?;
     tracing::info!(

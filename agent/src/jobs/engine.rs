@@ -75,11 +75,7 @@ impl Entry {
             bytes_total: total,
             bytes_read: c.bytes_read.load(Ordering::Relaxed),
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
-            rate: if self.state == JobState::Running {
-                self.rate
-            } else {
-                0
-            },
+            rate: if self.state == JobState::Running { self.rate } else { 0 },
             error: self.error.clone(),
             source: self.request.source.clone(),
             target: self.request.target.clone(),
@@ -95,7 +91,10 @@ impl Engine {
             .map(|g| g.gid.as_raw());
         let nbdkit = crate::exec::resolve(&settings.nbdkit);
         if nbdkit.is_none() {
-            tracing::warn!("nbdkit ('{}') not found: copies from file: sources will fail until it is installed", settings.nbdkit);
+            tracing::warn!(
+                "nbdkit ('{}') not found: copies from file: sources will fail until it is installed",
+                settings.nbdkit
+            );
         }
         let (events, _) = broadcast::channel(1024);
         Engine {
@@ -145,9 +144,7 @@ impl Engine {
             };
             let counters = Arc::new(Counters::default());
             counters.bytes_done.store(row.bytes_done, Ordering::Relaxed);
-            counters
-                .bytes_total
-                .store(row.bytes_total, Ordering::Relaxed);
+            counters.bytes_total.store(row.bytes_total, Ordering::Relaxed);
             let entry = Entry {
                 kind: row.kind,
                 request,
@@ -162,11 +159,7 @@ impl Engine {
             };
             self.inner.jobs.lock().expect("jobs").insert(row.id, entry);
             if !row.state.is_terminal() {
-                tracing::info!(
-                    job_id = row.id,
-                    "resuming job {} from its last checkpoint",
-                    row.id
-                );
+                tracing::info!(job_id = row.id, "resuming job {} from its last checkpoint", row.id);
                 self.spawn(row.id);
                 resumed += 1;
             }
@@ -196,12 +189,7 @@ impl Engine {
         };
         let info = entry.info(id);
         self.inner.jobs.lock().expect("jobs").insert(id, entry);
-        tracing::info!(
-            job_id = id,
-            "job {id} queued: copy {} → {}",
-            info.source,
-            info.target
-        );
+        tracing::info!(job_id = id, "job {id} queued: copy {} → {}", info.source, info.target);
         let _ = self.inner.events.send(Event::Added(info.clone()));
         self.spawn(id);
         Ok(info)
@@ -272,10 +260,7 @@ impl Engine {
         let _ = self.inner.events.send(Event::Changed(info));
     }
 
-    pub(crate) fn job_handles(
-        &self,
-        id: u64,
-    ) -> Option<(CopyRequest, Arc<Counters>, Arc<AtomicBool>)> {
+    pub(crate) fn job_handles(&self, id: u64) -> Option<(CopyRequest, Arc<Counters>, Arc<AtomicBool>)> {
         let jobs = self.inner.jobs.lock().expect("jobs");
         jobs.get(&id)
             .map(|e| (e.request.clone(), e.counters.clone(), e.stop.clone()))
@@ -289,10 +274,7 @@ impl Engine {
                 Ok(()) => (JobState::Succeeded, String::new()),
                 Err(JobError::Stopped) if !e.cancel_requested => {
                     // Shutdown: stay queued/running in the store; the next start resumes.
-                    tracing::info!(
-                        job_id = id,
-                        "job {id} paused for shutdown at its last checkpoint"
-                    );
+                    tracing::info!(job_id = id, "job {id} paused for shutdown at its last checkpoint");
                     return;
                 }
                 Err(JobError::Stopped) => (JobState::Cancelled, String::new()),
@@ -301,11 +283,7 @@ impl Engine {
             e.state = state;
             e.error = error.clone();
             e.step = state.as_str().to_string();
-            if let Err(err) = self
-                .inner
-                .store
-                .set_state(id, state, state.as_str(), &error)
-            {
+            if let Err(err) = self.inner.store.set_state(id, state, state.as_str(), &error) {
                 tracing::error!(job_id = id, "{err}");
             }
             match state {
@@ -354,18 +332,11 @@ impl Engine {
             .filter(|(_, e)| e.state == JobState::Running)
             .map(|(id, e)| format!("job {id} {} {:.0}%", e.step, 100.0 * e.info(*id).progress))
             .collect();
-        let queued = jobs
-            .values()
-            .filter(|e| e.state == JobState::Queued)
-            .count();
+        let queued = jobs.values().filter(|e| e.state == JobState::Queued).count();
         if running.is_empty() && queued == 0 {
             return "idle".into();
         }
-        format!(
-            "{} running, {queued} queued: {}",
-            running.len(),
-            running.join(", ")
-        )
+        format!("{} running, {queued} queued: {}", running.len(), running.join(", "))
     }
 
     /// Stop every job at its next checkpoint (they resume on the next start) and wait.

@@ -10,21 +10,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("job store {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("cannot create the state folder {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { path: PathBuf, source: std::io::Error },
     #[error("job store {path} holds an unknown state '{state}' for job {id}")]
-    Corrupt {
-        path: PathBuf,
-        id: u64,
-        state: String,
-    },
+    Corrupt { path: PathBuf, id: u64, state: String },
 }
 
 #[derive(Debug, Clone)]
@@ -113,13 +103,7 @@ impl Store {
         })
     }
 
-    pub fn set_state(
-        &self,
-        id: u64,
-        state: JobState,
-        step: &str,
-        error: &str,
-    ) -> Result<(), StoreError> {
+    pub fn set_state(&self, id: u64, state: JobState, step: &str, error: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE jobs SET state = ?2, step = ?3, error = ?4, updated = unixepoch() WHERE id = ?1",
@@ -147,11 +131,9 @@ impl Store {
 
     pub fn checkpoint(&self, id: u64) -> Result<Option<String>, StoreError> {
         self.with(|c| {
-            c.query_row("SELECT checkpoint FROM jobs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map(Option::flatten)
+            c.query_row("SELECT checkpoint FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map(Option::flatten)
         })
     }
 

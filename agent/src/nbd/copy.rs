@@ -40,7 +40,9 @@ pub enum CopyError {
     Target(#[from] TargetError),
     #[error("extent {offset}+{length} lies beyond the end of the {size}-byte disk; the extent list does not belong to this disk")]
     ExtentBeyondEnd { offset: u64, length: u64, size: u64 },
-    #[error("the checkpoint was made for {have} chunks but this copy has {need}; the request changed, start a new job")]
+    #[error(
+        "the checkpoint was made for {have} chunks but this copy has {need}; the request changed, start a new job"
+    )]
     CheckpointMismatch { have: usize, need: usize },
     #[error("saving the checkpoint failed: {0}")]
     Checkpoint(String),
@@ -89,11 +91,7 @@ pub struct Counters {
 }
 
 /// Split the work into chunks on a `chunk_size` grid. `None` extents = `[0, size)`.
-pub fn plan_chunks(
-    size: u64,
-    extents: Option<&[Extent]>,
-    chunk_size: u64,
-) -> Result<Vec<Extent>, CopyError> {
+pub fn plan_chunks(size: u64, extents: Option<&[Extent]>, chunk_size: u64) -> Result<Vec<Extent>, CopyError> {
     let mut work: Vec<Extent> = match extents {
         None => vec![Extent {
             offset: 0,
@@ -101,10 +99,7 @@ pub fn plan_chunks(
         }],
         Some(list) => {
             for e in list {
-                if e.offset
-                    .checked_add(e.length)
-                    .map_or(true, |end| end > size)
-                {
+                if e.offset.checked_add(e.length).is_none_or(|end| end > size) {
                     return Err(CopyError::ExtentBeyondEnd {
                         offset: e.offset,
                         length: e.length,
@@ -119,9 +114,7 @@ pub fn plan_chunks(
     let mut merged: Vec<Extent> = Vec::new();
     for e in work {
         match merged.last_mut() {
-            Some(last) if e.offset <= last.end() => {
-                last.length = last.length.max(e.end() - last.offset)
-            }
+            Some(last) if e.offset <= last.end() => last.length = last.length.max(e.end() - last.offset),
             _ => merged.push(e),
         }
     }
@@ -174,20 +167,11 @@ pub fn run(
     }
     let done = Mutex::new(resume.to_set());
     let total: u64 = chunks.iter().map(|c| c.length).sum();
-    let already: u64 = done
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|&i| chunks[i].length)
-        .sum();
+    let already: u64 = done.lock().expect("lock").iter().map(|&i| chunks[i].length).sum();
     counters.bytes_total.store(total, Ordering::Relaxed);
     counters.bytes_done.store(already, Ordering::Relaxed);
-    counters
-        .bytes_read
-        .store(resume.bytes_read, Ordering::Relaxed);
-    counters
-        .bytes_written
-        .store(resume.bytes_written, Ordering::Relaxed);
+    counters.bytes_read.store(resume.bytes_read, Ordering::Relaxed);
+    counters.bytes_written.store(resume.bytes_written, Ordering::Relaxed);
 
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<CopyError>> = Mutex::new(None);
@@ -225,7 +209,10 @@ pub fn run(
         let mut last_done = already;
         let persist = |save: &mut dyn FnMut(&Checkpoint) -> Result<(), String>| -> Result<Checkpoint, CopyError> {
             let set = done.lock().expect("lock").clone();
-            let (r, w) = (counters.bytes_read.load(Ordering::SeqCst), counters.bytes_written.load(Ordering::SeqCst));
+            let (r, w) = (
+                counters.bytes_read.load(Ordering::SeqCst),
+                counters.bytes_written.load(Ordering::SeqCst),
+            );
             target.sync()?;
             let cp = Checkpoint::from_set(chunks.len(), &set, r, w);
             save(&cp).map_err(CopyError::Checkpoint)?;
@@ -234,9 +221,7 @@ pub fn run(
         while workers_left.load(Ordering::SeqCst) > 0 {
             std::thread::sleep(Duration::from_millis(20));
             let now_done = counters.bytes_done.load(Ordering::Relaxed);
-            if now_done - last_done >= spec.checkpoint_bytes
-                || last_at.elapsed() >= spec.checkpoint_interval
-            {
+            if now_done - last_done >= spec.checkpoint_bytes || last_at.elapsed() >= spec.checkpoint_interval {
                 if let Err(e) = persist(save) {
                     stop.store(true, Ordering::SeqCst);
                     failed.lock().expect("lock").get_or_insert(e);
@@ -292,12 +277,7 @@ impl Worker<'_> {
         }
     }
 
-    fn copy_chunk(
-        &self,
-        nbd: &mut Nbd,
-        chunk: Extent,
-        buf: &mut AlignedBuf,
-    ) -> Result<(), CopyError> {
+    fn copy_chunk(&self, nbd: &mut Nbd, chunk: Extent, buf: &mut AlignedBuf) -> Result<(), CopyError> {
         let c = self.counters;
         for run in nbd
             .block_status(chunk.offset, chunk.length)

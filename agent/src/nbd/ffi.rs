@@ -39,19 +39,7 @@ extern "C" {
     pub fn nbd_get_size(h: *mut NbdHandle) -> i64;
     pub fn nbd_can_meta_context(h: *mut NbdHandle, name: *const c_char) -> c_int;
     pub fn nbd_can_multi_conn(h: *mut NbdHandle) -> c_int;
-    pub fn nbd_pread(
-        h: *mut NbdHandle,
-        buf: *mut c_void,
-        count: usize,
-        offset: u64,
-        flags: u32,
-    ) -> c_int;
-    pub fn nbd_block_status(
-        h: *mut NbdHandle,
-        count: u64,
-        offset: u64,
-        callback: ExtentCallback,
-        flags: u32,
-    ) -> c_int;
+    pub fn nbd_pread(h: *mut NbdHandle, buf: *mut c_void, count: usize, offset: u64, flags: u32) -> c_int;
+    pub fn nbd_block_status(h: *mut NbdHandle, count: u64, offset: u64, callback: ExtentCallback, flags: u32) -> c_int;
     pub fn nbd_shutdown(h: *mut NbdHandle, flags: u32) -> c_int;
 }

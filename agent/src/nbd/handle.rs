@@ -124,20 +124,9 @@ impl Nbd {
     /// Read exactly `buf.len()` bytes at `offset`.
     pub fn pread(&mut self, buf: &mut [u8], offset: u64) -> Result<(), NbdError> {
         // SAFETY: buf is valid for writes of buf.len() bytes for the call's duration.
-        let rc = unsafe {
-            ffi::nbd_pread(
-                self.h,
-                buf.as_mut_ptr() as *mut c_void,
-                buf.len(),
-                offset,
-                0,
-            )
-        };
+        let rc = unsafe { ffi::nbd_pread(self.h, buf.as_mut_ptr() as *mut c_void, buf.len(), offset, 0) };
         if rc == -1 {
-            return Err(NbdError::last(&format!(
-                "reading {} bytes at {offset}",
-                buf.len()
-            )));
+            return Err(NbdError::last(&format!("reading {} bytes at {offset}", buf.len())));
         }
         Ok(())
     }

@@ -11,10 +11,7 @@ pub const ALIGN: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("cannot open target {path}: {source}; check that it exists (or its folder does) and that osm-agent may write it")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
     #[error("target {path} is {have} bytes but the source is {need} bytes; use a target at least as large")]
     TooSmall { path: PathBuf, have: u64, need: u64 },
     #[error("writing {len} bytes at offset {offset} of {path}: {source}")]
@@ -25,10 +22,7 @@ pub enum TargetError {
         source: std::io::Error,
     },
     #[error("flushing {path}: {source}")]
-    Sync {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Sync { path: PathBuf, source: std::io::Error },
 }
 
 pub struct Target {
@@ -99,9 +93,9 @@ impl Target {
 
     /// Write `buf` at `offset`; O_DIRECT when the buffer, length and offset are aligned.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), TargetError> {
-        let aligned = buf.as_ptr() as usize % ALIGN == 0
-            && buf.len() % ALIGN == 0
-            && offset % ALIGN as u64 == 0;
+        let aligned = (buf.as_ptr() as usize).is_multiple_of(ALIGN)
+            && buf.len().is_multiple_of(ALIGN)
+            && offset.is_multiple_of(ALIGN as u64);
         let f = match (&self.direct, aligned) {
             (Some(d), true) => d,
             _ => &self.buffered,
@@ -115,16 +109,14 @@ impl Target {
     pub fn zero(&self, offset: u64, len: u64) -> Result<(), TargetError> {
         let fd = self.buffered.as_raw_fd();
         let ok = if self.is_block {
-            offset % 512 == 0 && len % 512 == 0 && {
+            offset.is_multiple_of(512) && len.is_multiple_of(512) && {
                 let range = [offset, len];
                 // SAFETY: BLKZEROOUT reads a [u64; 2] (start, length) from the pointer.
                 unsafe { libc::ioctl(fd, BLKZEROOUT, range.as_ptr()) == 0 }
             }
         } else {
             // SAFETY: plain fallocate on an fd we own.
-            unsafe {
-                libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset as i64, len as i64) == 0
-            }
+            unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset as i64, len as i64) == 0 }
         };
         if ok {
             return Ok(());
@@ -143,12 +135,10 @@ impl Target {
 
     /// fdatasync: everything written so far is durable when this returns.
     pub fn sync(&self) -> Result<(), TargetError> {
-        self.buffered
-            .sync_data()
-            .map_err(|source| TargetError::Sync {
-                path: self.path.clone(),
-                source,
-            })
+        self.buffered.sync_data().map_err(|source| TargetError::Sync {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     fn write_err(&self, offset: u64, len: usize, source: std::io::Error) -> TargetError {
@@ -175,8 +165,7 @@ unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
     pub fn new(len: usize) -> Self {
-        let layout =
-            std::alloc::Layout::from_size_align(len.max(ALIGN), ALIGN).expect("valid layout");
+        let layout = std::alloc::Layout::from_size_align(len.max(ALIGN), ALIGN).expect("valid layout");
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
