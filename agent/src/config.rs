@@ -184,9 +184,9 @@ impl Settings {
             nbdkit: "nbdkit".into(),
             copy: CopySettings {
                 connections: 4,
-                chunk_size: 64 << 20,
+                chunk_size: 16 << 20,
                 request_size: 2 << 20,
-                checkpoint_bytes: 128 << 20,
+                checkpoint_bytes: 64 << 20,
                 checkpoint_interval: Duration::from_secs(2),
             },
         }
