@@ -21,7 +21,8 @@ pub fn job_path(id: u64) -> String {
     default_path = "/io/github/os_migrate/Agent1"
 )]
 pub trait Manager {
-    /// Options: "extents" a(tt) (offset, length), "target-is-zero" b, "connections" u.
+    /// Options: "extents" a(tt) (offset, length), "target-is-zero" b, "connections" u,
+    /// and for https:// sources "user" s, "password-file" s, "ca-file" s.
     fn start_copy(
         &self,
         source: &str,

@@ -62,8 +62,9 @@ impl Extent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyRequest {
-    /// `nbd://…`, `nbd+unix:///?socket=…` (an NBD URI), or `file:PATH` (the agent starts
-    /// nbdkit's file plugin over PATH, read-only).
+    /// `nbd://…`, `nbd+unix:///?socket=…` (an NBD URI), `file:PATH` (the agent starts
+    /// nbdkit's file plugin over PATH, read-only), or `https://…` (nbdkit's curl plugin,
+    /// e.g. a datastore's `/folder/…-flat.vmdk?dcPath=…&dsName=…`).
     pub source: String,
     /// Block device or regular file. A missing regular file is created (and known zero).
     pub target: String,
@@ -76,6 +77,23 @@ pub struct CopyRequest {
     /// NBD connections (parallel requests); the agent's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    /// Credentials and CA for an `https://` source (a datastore's /folder URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSource>,
+}
+
+/// How to read an `https://` source. The password stays in its file: it is handed to
+/// nbdkit as `password=+FILE` and never stored or logged by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// PEM bundle to verify the server with (default: the system's CAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 /// What both APIs report about a job.

@@ -8,5 +8,5 @@ mod socket;
 
 pub use dbus::{job_path, JobProxy, ManagerProxy, BUS_NAME, JOBS_PATH, JOB_IFACE, MANAGER_IFACE, ROOT_PATH};
 pub use error::{ApiError, ErrorCode};
-pub use job::{CopyRequest, Extent, JobInfo, JobState};
+pub use job::{CopyRequest, Extent, HttpSource, JobInfo, JobState};
 pub use socket::{Reply, Request, DEFAULT_SOCKET};

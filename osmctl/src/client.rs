@@ -71,6 +71,18 @@ impl Client {
                 if let Some(n) = req.connections {
                     opts.insert("connections", Value::from(n));
                 }
+                if let Some(h) = &req.http {
+                    let fields = [
+                        ("user", &h.user),
+                        ("password-file", &h.password_file),
+                        ("ca-file", &h.ca_file),
+                    ];
+                    for (k, v) in fields {
+                        if let Some(v) = v {
+                            opts.insert(k, Value::from(v.as_str()));
+                        }
+                    }
+                }
                 let path = m.start_copy(&req.source, &req.target, opts).await.map_err(dbus_err)?;
                 let conn = conn.clone();
                 job_from_dbus(&conn, path.as_str()).await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use osm_api::{CopyRequest, JobInfo, JobState};
+use osm_api::{CopyRequest, HttpSource, JobInfo, JobState};
 
 use client::Client;
 
@@ -46,7 +46,8 @@ enum Output {
 enum Command {
     /// Copy a disk from an NBD source to a block device or file (a job in the agent).
     Copy {
-        /// NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///?socket=PATH) or file:PATH (served by nbdkit).
+        /// NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///?socket=PATH), file:PATH, or https://URL
+        /// (file and https are served by nbdkit).
         #[arg(long)]
         from: String,
         /// Target block device or file (created if missing).
@@ -64,6 +65,15 @@ enum Command {
         /// Follow the job until it ends (as `watch`).
         #[arg(long)]
         wait: bool,
+        /// User for an https:// source.
+        #[arg(long)]
+        user: Option<String>,
+        /// File holding the password for an https:// source (never pass the password itself).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// PEM CA bundle to verify an https:// source (default: the system's CAs).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Show all jobs, or one.
     Status { job: Option<u64> },
@@ -103,7 +113,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             target_is_zero,
             connections,
             wait,
+            user,
+            password_file,
+            ca_file,
         } => {
+            let abs = |p: Option<PathBuf>| -> anyhow::Result<Option<String>> {
+                p.map(|p| Ok(std::path::absolute(&p)?.to_string_lossy().into_owned()))
+                    .transpose()
+            };
+            let http = (user.is_some() || password_file.is_some() || ca_file.is_some()).then_some(HttpSource {
+                user,
+                password_file: abs(password_file)?,
+                ca_file: abs(ca_file)?,
+            });
             let to = std::path::absolute(&to).with_context(|| format!("target {}", to.display()))?;
             let extents = match extents {
                 Some(f) => Some(extents::read(&f)?),
@@ -115,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 extents,
                 target_is_zero,
                 connections,
+                http,
             };
             let job = client.start_copy(req).await?;
             if wait {

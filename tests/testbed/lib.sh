@@ -65,7 +65,7 @@ tb_loop_attach() {
 
 # tb_debian_mirror : the Debian archive URL from this machine's apt sources (never hard-coded).
 tb_debian_mirror() {
-  { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
-    grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | awk '{print $2}'
-  } | grep -v security | head -n1
+  { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources || true
+    grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list || true
+  } | awk '$1 == "URIs:" {print $2} $1 == "deb" {print $2}' | grep -v security | head -n1 || true
 }

@@ -65,7 +65,8 @@ struct Manager {
 #[interface(name = "io.github.os_migrate.Agent1.Manager")]
 impl Manager {
     /// Start a copy job; returns its object path at once.
-    /// Options: "extents" a(tt) (offset, length), "target-is-zero" b, "connections" u.
+    /// Options: "extents" a(tt) (offset, length), "target-is-zero" b, "connections" u,
+    /// and for https:// sources "user" s, "password-file" s, "ca-file" s.
     async fn start_copy(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -81,6 +82,7 @@ impl Manager {
             extents: None,
             target_is_zero: false,
             connections: None,
+            http: None,
         };
         for (k, v) in options {
             let bad = |k: &str| DbusError::InvalidArgument(format!("option '{k}' has the wrong type"));
@@ -95,9 +97,18 @@ impl Manager {
                 }
                 "target-is-zero" => req.target_is_zero = v.try_into().map_err(|_| bad(&k))?,
                 "connections" => req.connections = Some(v.try_into().map_err(|_| bad(&k))?),
+                "user" | "password-file" | "ca-file" => {
+                    let v: String = v.try_into().map_err(|_| bad(&k))?;
+                    let h = req.http.get_or_insert_with(Default::default);
+                    match k.as_str() {
+                        "user" => h.user = Some(v),
+                        "password-file" => h.password_file = Some(v),
+                        _ => h.ca_file = Some(v),
+                    }
+                }
                 other => {
                     return Err(DbusError::InvalidArgument(format!(
-                        "unknown option '{other}' (known: extents, target-is-zero, connections)"
+                        "unknown option '{other}' (known: extents, target-is-zero, connections, user, password-file, ca-file)"
                     )))
                 }
             }

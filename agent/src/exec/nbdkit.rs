@@ -31,11 +31,22 @@ pub struct Vddk {
     pub file: String,
 }
 
+/// An HTTPS source through nbdkit's curl plugin (needs Range support, as /folder has).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Curl {
+    pub url: String,
+    pub user: Option<String>,
+    /// Passed as `password=+FILE`, never in argv.
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plugin {
     /// A local file (a datastore mounted on the host, and tests).
     File(PathBuf),
     Vddk(Box<Vddk>),
+    Curl(Box<Curl>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +71,22 @@ pub fn argv(spec: &NbdkitSpec) -> Vec<OsString> {
         Plugin::File(path) => {
             a.push("file".into());
             a.push(kv("file", path.as_os_str()));
+        }
+        Plugin::Curl(c) => {
+            a.extend(["--filter=retry", "curl", "protocols=https"].map(OsString::from));
+            a.push(kv("url", c.url.as_ref()));
+            if let Some(u) = &c.user {
+                a.push(kv("user", u.as_ref()));
+            }
+            if let Some(f) = &c.password_file {
+                let mut pw = OsString::from("password=+");
+                pw.push(f);
+                a.push(pw);
+            }
+            if let Some(ca) = &c.ca_file {
+                a.push(kv("cainfo", ca.as_os_str()));
+            }
+            a.extend(["retries=5", "retry-delay=2", "retry-readonly=true"].map(OsString::from));
         }
         Plugin::Vddk(v) => {
             // Transient NBD/VDDK errors are retried by nbdkit itself, read-only.
@@ -211,6 +238,35 @@ mod tests {
                 "/run/osm/jobs/7/nbdkit.sock",
                 "file",
                 "file=/ds/my vm/disk-flat.vmdk"
+            ]
+        );
+    }
+
+    #[test]
+    fn curl_takes_the_password_from_a_file_and_https_only() {
+        let c = Curl {
+            url: "https://vc/folder/vm/d-flat.vmdk?dcPath=DC0&dsName=ds 1".into(),
+            user: Some("osm@vsphere.local".into()),
+            password_file: Some("/etc/osm/vc.password".into()),
+            ca_file: Some("/etc/osm/vc-ca.pem".into()),
+        };
+        let spec = NbdkitSpec {
+            plugin: Plugin::Curl(Box::new(c)),
+            socket: "/s".into(),
+        };
+        assert_eq!(
+            strs(argv(&spec))[5..],
+            [
+                "--filter=retry",
+                "curl",
+                "protocols=https",
+                "url=https://vc/folder/vm/d-flat.vmdk?dcPath=DC0&dsName=ds 1",
+                "user=osm@vsphere.local",
+                "password=+/etc/osm/vc.password",
+                "cainfo=/etc/osm/vc-ca.pem",
+                "retries=5",
+                "retry-delay=2",
+                "retry-readonly=true",
             ]
         );
     }

@@ -9,7 +9,7 @@ use osm_api::CopyRequest;
 use super::engine::Engine;
 use super::store::StoreError;
 use crate::error::Error;
-use crate::exec::nbdkit::{Nbdkit, NbdkitError, NbdkitSpec, Plugin};
+use crate::exec::nbdkit::{Curl, Nbdkit, NbdkitError, NbdkitSpec, Plugin};
 use crate::nbd::copy::{self, Checkpoint, CopyError, CopySpec};
 use crate::nbd::Endpoint;
 
@@ -44,11 +44,15 @@ impl From<CopyError> for JobError {
 enum Source {
     Uri(String),
     File(PathBuf),
+    Https(String),
 }
 
 fn parse_source(s: &str) -> Option<Source> {
     if let Some(p) = s.strip_prefix("file:") {
         return Some(Source::File(PathBuf::from(p)));
+    }
+    if s.starts_with("https://") {
+        return Some(Source::Https(s.to_string()));
     }
     ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"]
         .iter()
@@ -62,7 +66,7 @@ pub fn validate(r: &CopyRequest) -> Result<(), Error> {
     match parse_source(&r.source) {
         None => {
             return bad(format!(
-                "source '{}' is neither an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///?socket=PATH) nor file:PATH",
+                "source '{}' is none of: an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///?socket=PATH), file:PATH, https://URL",
                 r.source
             ))
         }
@@ -81,7 +85,17 @@ pub fn validate(r: &CopyRequest) -> Result<(), Error> {
                 Err(e) => return bad(format!("source file '{}': {e}", p.display())),
             }
         }
-        Some(Source::Uri(_)) => {}
+        Some(Source::Uri(_)) | Some(Source::Https(_)) => {}
+    }
+    if let Some(h) = &r.http {
+        if !r.source.starts_with("https://") {
+            return bad("user, password file and CA file apply to https:// sources only".into());
+        }
+        for f in [&h.password_file, &h.ca_file].into_iter().flatten() {
+            if !Path::new(f).is_absolute() || !Path::new(f).is_file() {
+                return bad(format!("'{f}' is not an absolute path to a readable file"));
+            }
+        }
     }
     let t = Path::new(&r.target);
     if !t.is_absolute() {
@@ -142,13 +156,27 @@ fn run(
     let s = engine.settings();
     // Held for the whole copy; dropping it stops nbdkit and removes its socket.
     let mut _server: Option<Nbdkit> = None;
-    let endpoint = match parse_source(&request.source) {
-        Some(Source::Uri(u)) => Endpoint::Uri(u),
-        Some(Source::File(path)) => {
+    let plugin = match parse_source(&request.source) {
+        Some(Source::Uri(u)) => Err(Endpoint::Uri(u)),
+        Some(Source::File(path)) => Ok(Plugin::File(path)),
+        Some(Source::Https(url)) => {
+            let h = request.http.clone().unwrap_or_default();
+            Ok(Plugin::Curl(Box::new(Curl {
+                url,
+                user: h.user,
+                password_file: h.password_file.map(PathBuf::from),
+                ca_file: h.ca_file.map(PathBuf::from),
+            })))
+        }
+        None => return Err(JobError::Vanished),
+    };
+    let endpoint = match plugin {
+        Err(endpoint) => endpoint,
+        Ok(plugin) => {
             engine.set_step(id, "starting nbdkit");
             let program = engine.nbdkit().ok_or(NbdkitError::NotInstalled)?;
             let spec = NbdkitSpec {
-                plugin: Plugin::File(path),
+                plugin,
                 socket: job_dir.join("nbdkit.sock"),
             };
             let log = s.log_dir.join(format!("job-{id}-nbdkit.log"));
@@ -157,12 +185,6 @@ fn run(
             let ep = Endpoint::Unix(server.socket().to_path_buf());
             _server = Some(server);
             ep
-        }
-        None => {
-            return Err(JobError::Copy(CopyError::Checkpoint(format!(
-                "unparsable source {}",
-                request.source
-            ))))
         }
     };
     let resume: Option<Checkpoint> = engine

@@ -190,7 +190,7 @@ fn clear_errors_for_bad_sources_targets_and_jobs() {
     for (args, want) in [
         (
             vec!["copy", "--from", "ftp://x", "--to", "/tmp/x"],
-            "neither an NBD URI",
+            "none of: an NBD URI",
         ),
         (
             vec!["copy", "--from", "file:/no/such/file", "--to", "/tmp/x"],
