@@ -16,6 +16,11 @@ import time
 import openstack
 import yaml
 
+# A caller's OS_CLOUD/OS_* (e.g. from a sourced test-bed env) would be merged into every
+# connection made here: keep only the clouds.yaml path.
+for _k in [k for k in os.environ if k.startswith("OS_") and k != "OS_CLIENT_CONFIG_FILE"]:
+    del os.environ[_k]
+
 H = "127.0.0.1"
 AUTH_URL = "http://%s:5000/v3" % H
 REGION = "RegionOne"

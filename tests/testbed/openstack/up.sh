@@ -15,9 +15,9 @@ B="$OSM_TESTBED_STATE/openstack"
 L="$OSM_TESTBED_STATE/log"
 export OSM_BYID_DIR=${OSM_BYID_DIR:-/dev/disk/by-id}
 export OSM_VOLUME_DIR="$B/volumes"
+mkdir -p "$OSM_BYID_DIR"  # 0755 like udev's (before the umask below)
 umask 077
 mkdir -p "$B"/{etc/{keystone,placement,glance,cinder,neutron,nova},data/{glance-images,glance-staging,glance-tasks,cinder,nova,lock},wsgi,mysql,rabbit,volumes,metadata}
-mkdir -p "$OSM_BYID_DIR"
 
 # Ports, all on 127.0.0.1 (MariaDB off its default port so a system one cannot collide).
 H=127.0.0.1
@@ -54,6 +54,7 @@ if ! tb_running os-rabbitmq; then
     $H $P_AMQP $H >"$B/rabbit/rabbitmq.conf"
   # Our own epmd first (else the Erlang VM daemonizes one outside our process groups);
   # an epmd already serving the port (another user's) is used as it is.
+  tb_running os-epmd || rm -f "$OSM_TESTBED_STATE/pids/os-epmd"
   if ! tb_running os-epmd && ! tb_wait_tcp $H 4369 1; then
     tb_bg os-epmd epmd -address $H
     tb_wait_tcp $H 4369 50 || tb_die "epmd did not start"

@@ -67,7 +67,9 @@ def _make_link(vol_id, dev, gen, delay):
     with _lock:
         if _generation.get(vol_id) != gen or dev not in loops_of(backing_file(vol_id)):
             return  # detached (or re-attached) meanwhile
-        os.makedirs(byid_dir(), exist_ok=True)
+        if not os.path.isdir(byid_dir()):
+            os.makedirs(byid_dir(), exist_ok=True)
+            os.chmod(byid_dir(), 0o755)
         link = link_path(vol_id)
         tmp = "%s.tmp-%d" % (link, os.getpid())
         if os.path.lexists(tmp):

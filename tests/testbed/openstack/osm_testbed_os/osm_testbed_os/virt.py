@@ -1,5 +1,7 @@
 """Nova virt driver for the test bed: nova's FakeDriver that also plays the hypervisor for
 the server standing for the conversion host (metadata osm_testbed_role=conversion-host).
+Based on FakeDriverWithoutFakeNodes: a stable node uuid (state_path/compute_id), so
+nova-compute restarts cleanly on the same database.
 
 Volumes attached to that server get a loop device and a /dev/disk/by-id/virtio-* link
 (see hypervisor.py); other servers (the migrated VMs) get nothing, as before. Boot from
@@ -29,7 +31,7 @@ def _volume_id(connection_info):
     return connection_info.get("serial") or (connection_info.get("data") or {}).get("volume_id")
 
 
-class ConversionHostDriver(fake.FakeDriver):
+class ConversionHostDriver(fake.FakeDriverWithoutFakeNodes):
 
     @staticmethod
     def _is_conversion_host(instance):
