@@ -1,5 +1,6 @@
 //! osm-agent: the conversion-host daemon. See docs/ and ../shared/design/ARCHITECTURE.md.
 pub mod api;
+pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod error;
