@@ -62,14 +62,8 @@ pub struct Settings {
     pub copy: CopySettings,
 }
 
-#[derive(Debug, Clone)]
-pub struct CopySettings {
-    pub connections: usize,
-    pub chunk_size: u64,
-    pub request_size: usize,
-    pub checkpoint_bytes: u64,
-    pub checkpoint_interval: Duration,
-}
+/// Tuning of the copy engine (section `[copy]`).
+pub use crate::nbd::copy::Tuning as CopySettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -38,20 +38,20 @@ impl ErrorCode {
     }
 
     pub fn from_dbus_name(name: &str) -> Option<Self> {
-        use ErrorCode::*;
-        [
-            InvalidArgument,
-            NotFound,
-            PermissionDenied,
-            SourceUnreachable,
-            TargetTooSmall,
-            TargetNotWritable,
-            InvalidState,
-            Internal,
-        ]
-        .into_iter()
-        .find(|c| c.dbus_name() == name)
+        Self::ALL.into_iter().find(|c| c.dbus_name() == name)
     }
+
+    /// Every code; a new code goes here too (the test below checks the names round-trip).
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::PermissionDenied,
+        ErrorCode::SourceUnreachable,
+        ErrorCode::TargetTooSmall,
+        ErrorCode::TargetNotWritable,
+        ErrorCode::InvalidState,
+        ErrorCode::Internal,
+    ];
 }
 
 /// An error as it crosses the wire: `{"code":"not_found","message":"…"}`.
@@ -68,3 +68,15 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dbus_names_round_trip() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_dbus_name(c.dbus_name()), Some(c));
+        }
+    }
+}

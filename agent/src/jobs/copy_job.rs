@@ -8,6 +8,7 @@ use osm_api::CopyRequest;
 
 use super::engine::Engine;
 use super::store::StoreError;
+use crate::config::CopySettings;
 use crate::error::Error;
 use crate::exec::nbdkit::{Curl, Nbdkit, NbdkitError, NbdkitSpec, Plugin};
 use crate::nbd::copy::{self, Checkpoint, CopyError, CopySpec};
@@ -203,11 +204,10 @@ fn run(
         target: PathBuf::from(&request.target),
         extents: request.extents.clone(),
         target_is_zero: request.target_is_zero,
-        connections: request.connections.map_or(s.copy.connections, |n| n as usize),
-        chunk_size: s.copy.chunk_size,
-        request_size: s.copy.request_size,
-        checkpoint_bytes: s.copy.checkpoint_bytes,
-        checkpoint_interval: s.copy.checkpoint_interval,
+        tuning: CopySettings {
+            connections: request.connections.map_or(s.copy.connections, |n| n as usize),
+            ..s.copy.clone()
+        },
     };
     engine.set_step(id, "copying");
     let store = engine.store();

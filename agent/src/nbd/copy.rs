@@ -20,6 +20,12 @@ pub struct CopySpec {
     /// `None`: the whole disk.
     pub extents: Option<Vec<Extent>>,
     pub target_is_zero: bool,
+    pub tuning: Tuning,
+}
+
+/// How the engine works; defaults come from the agent's `[copy]` configuration.
+#[derive(Debug, Clone)]
+pub struct Tuning {
     pub connections: usize,
     /// Unit of checkpointing; chunks never span a multiple of this size.
     pub chunk_size: u64,
@@ -150,13 +156,13 @@ pub fn run(
     let mut first = Nbd::connect(&spec.source).map_err(unreachable)?;
     let size = first.size().map_err(unreachable)?;
     let connections = if first.can_multi_conn() {
-        spec.connections.max(1)
+        spec.tuning.connections.max(1)
     } else {
         1
     };
     let target = Target::open(&spec.target, size)?;
     let target_is_zero = spec.target_is_zero || target.created;
-    let chunks = plan_chunks(size, spec.extents.as_deref(), spec.chunk_size)?;
+    let chunks = plan_chunks(size, spec.extents.as_deref(), spec.tuning.chunk_size)?;
 
     let resume = resume.unwrap_or_default();
     if !resume.done.is_empty() && resume.chunks != chunks.len() {
@@ -221,7 +227,9 @@ pub fn run(
         while workers_left.load(Ordering::SeqCst) > 0 {
             std::thread::sleep(Duration::from_millis(20));
             let now_done = counters.bytes_done.load(Ordering::Relaxed);
-            if now_done - last_done >= spec.checkpoint_bytes || last_at.elapsed() >= spec.checkpoint_interval {
+            if now_done - last_done >= spec.tuning.checkpoint_bytes
+                || last_at.elapsed() >= spec.tuning.checkpoint_interval
+            {
                 if let Err(e) = persist(save) {
                     stop.store(true, Ordering::SeqCst);
                     failed.lock().expect("lock").get_or_insert(e);
@@ -260,7 +268,7 @@ struct Worker<'a> {
 
 impl Worker<'_> {
     fn work(&self, mut nbd: Nbd) -> Result<(), CopyError> {
-        let mut buf = AlignedBuf::new(self.spec.request_size);
+        let mut buf = AlignedBuf::new(self.spec.tuning.request_size);
         loop {
             if self.stop.load(Ordering::SeqCst) || self.cancel.load(Ordering::SeqCst) {
                 return Ok(());
@@ -293,7 +301,7 @@ impl Worker<'_> {
             }
             let mut pos = run.offset;
             while pos < run.offset + run.len {
-                let n = ((run.offset + run.len - pos) as usize).min(self.spec.request_size);
+                let n = ((run.offset + run.len - pos) as usize).min(self.spec.tuning.request_size);
                 let data = &mut buf.as_mut_slice()[..n];
                 nbd.pread(data, pos).map_err(CopyError::SourceRead)?;
                 c.bytes_read.fetch_add(n as u64, Ordering::Relaxed);

@@ -106,6 +106,17 @@ impl Agent {
         self.osmctl_cmd(args).output().unwrap()
     }
 
+    /// osmctl as user nobody (uid/gid 65534, no supplementary groups).
+    pub fn osmctl_as_nobody(&self, args: &[&str]) -> Output {
+        let inner = self.osmctl_cmd(args);
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .output()
+            .unwrap()
+    }
+
     pub fn osmctl_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(crate::bin("osmctl"));
         c.arg("--socket").arg(&self.socket);

@@ -10,15 +10,6 @@ use osm_integration_tests::{disk, wait_for};
 
 const MIB: u64 = 1 << 20;
 
-/// osmctl as user nobody (uid/gid 65534, no supplementary groups).
-fn as_nobody(agent: &Agent, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-    let inner = agent.osmctl_cmd(args);
-    c.arg(inner.get_program()).args(inner.get_args());
-    c.output().unwrap()
-}
-
 fn open_up(dir: &std::path::Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -31,16 +22,13 @@ fn a_non_root_caller_may_read_but_not_start_or_cancel() {
     let src = tmp.path().join("src");
     disk::image(&src, 8 * MIB, &[(0, MIB)], 3);
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = as_nobody(
-        &agent,
-        &[
-            "copy",
-            "--from",
-            &format!("file:{}", src.display()),
-            "--to",
-            "/var/tmp/osm-nobody-target",
-        ],
-    );
+    let out = agent.osmctl_as_nobody(&[
+        "copy",
+        "--from",
+        &format!("file:{}", src.display()),
+        "--to",
+        "/var/tmp/osm-nobody-target",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("needs root or membership of group 'osm'"), "{err}");
@@ -53,10 +41,10 @@ fn a_non_root_caller_may_read_but_not_start_or_cancel() {
         tmp.path().join("out").to_str().unwrap(),
     ]);
     agent.wait_job(job.id, 60);
-    let out = as_nobody(&agent, &["status"]);
+    let out = agent.osmctl_as_nobody(&["status"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
-    let out = as_nobody(&agent, &["cancel", &job.id.to_string()]);
+    let out = agent.osmctl_as_nobody(&["cancel", &job.id.to_string()]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs root"),
         "{}",

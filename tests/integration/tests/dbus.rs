@@ -1,5 +1,4 @@
 //! The D-Bus API on a private system-type bus carrying the project's policy file.
-use std::process::Command;
 
 use futures_util::StreamExt;
 use osm_api::{JobProxy, ManagerProxy, JOB_IFACE, MANAGER_IFACE, ROOT_PATH};
@@ -100,16 +99,7 @@ fn the_bus_policy_lets_others_read_but_not_start() {
     let (_bus, agent) = start(tmp.path());
     let src = tmp.path().join("src");
     disk::image(&src, 4 * MIB, &[(0, MIB)], 2);
-    let nobody = |args: &[&str]| {
-        let inner = agent.osmctl_cmd(args);
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(inner.get_program())
-            .args(inner.get_args())
-            .output()
-            .unwrap()
-    };
-    let out = nobody(&[
+    let out = agent.osmctl_as_nobody(&[
         "--dbus",
         "copy",
         "--from",
@@ -134,7 +124,7 @@ fn the_bus_policy_lets_others_read_but_not_start() {
         "root may copy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = nobody(&["--dbus", "status"]);
+    let out = agent.osmctl_as_nobody(&["--dbus", "status"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
 }
