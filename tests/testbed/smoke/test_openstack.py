@@ -179,8 +179,11 @@ def test_port_with_fixed_mac():
 
 
 def test_boot_from_volume_server_goes_active():
+    """A migrated VM: boots from its volume; it (and a data volume attached to it) gets no
+    device on the conversion host."""
     tag = uuid.uuid4().hex[:8]
     vol = osc("volume", "create", "--size", 1, "smoke-boot-%s" % tag)["id"]
+    data = osc("volume", "create", "--size", 1, "smoke-data-%s" % tag)["id"]
     srv = None
     try:
         wait_volume(vol, "available")
@@ -190,9 +193,16 @@ def test_boot_from_volume_server_goes_active():
                   "--wait", "smoke-bfv-%s" % tag)["id"]
         assert osc("server", "show", srv)["status"] == "ACTIVE"
         wait_volume(vol, "in-use")
-        assert not os.path.lexists(byid_link(vol)), "only the conversion host gets devices"
+        wait_volume(data, "available")
+        osc("server", "add", "volume", srv, data)
+        wait_volume(data, "in-use")
+        time.sleep(2.5)  # longer than the by-id delay the conversion host would see
+        for v in (vol, data):
+            assert not os.path.lexists(byid_link(v)), "only the conversion host gets devices"
+            assert not os.path.exists(backing_file(v))
     finally:
         if srv:
             osc("server", "delete", "--wait", srv, parse=False)
-        wait_volume(vol, "available")
-        osc("volume", "delete", vol, parse=False)
+        for v in (vol, data):
+            wait_volume(v, "available")
+            osc("volume", "delete", v, parse=False)

@@ -57,6 +57,10 @@ class ConversionHostDriver(fake.FakeDriverWithoutFakeNodes):
         except Exception:
             LOG.exception("osm testbed: restoring conversion-host volumes failed")
 
+    def default_root_device_name(self, instance, image_meta, root_bdm):
+        # virtio names like libvirt/KVM (/dev/vda, attached volumes /dev/vdb, ...)
+        return "/dev/vda"
+
     def get_info(self, instance, use_cache=True):
         try:
             return super().get_info(instance, use_cache)
