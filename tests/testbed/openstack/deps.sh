@@ -8,7 +8,7 @@ source "$(dirname "$0")/../lib.sh"
 HERE="$TESTBED_SRC/openstack"
 export DEBIAN_FRONTEND=noninteractive
 
-need=(mariadb-server mariadb-client rabbitmq-server)
+need=(mariadb-server mariadb-client rabbitmq-server python3-venv)  # python3-venv: when OSM_OS_PYTHON is Debian's
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
