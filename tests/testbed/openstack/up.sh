@@ -277,9 +277,10 @@ wsgi nova-api $P_NOVA nova_app:application
 for s in scheduler volume; do
   tb_running "os-cinder-$s" || tb_bg "os-cinder-$s" "$VENV/bin/cinder-$s" --config-file "$E/cinder/cinder.conf"
 done
-for s in conductor scheduler compute; do
-  tb_running "os-nova-$s" || tb_bg "os-nova-$s" "$VENV/bin/nova-$s" --config-file "$E/nova/nova.conf"
+for s in conductor scheduler; do  # in one process each (see nova_nofork.py)
+  tb_running "os-nova-$s" || tb_bg "os-nova-$s" "$VENV/bin/python" "$HERE/nova_nofork.py" "$s" --config-file "$E/nova/nova.conf"
 done
+tb_running os-nova-compute || tb_bg os-nova-compute "$VENV/bin/nova-compute" --config-file "$E/nova/nova.conf"
 tb_running os-metadata || tb_bg os-metadata "$VENV/bin/python" "$HERE/metadata_server.py" \
    --bind $H --port $P_META --file "$B/metadata/meta_data.json"
 for p in $P_PLACEMENT $P_GLANCE $P_NEUTRON $P_CINDER $P_NOVA; do wait_http "http://$H:$p/"; done
