@@ -7,5 +7,6 @@ pub mod error;
 pub mod exec;
 pub mod jobs;
 pub mod nbd;
+pub mod plan;
 
 pub use daemon::run;
