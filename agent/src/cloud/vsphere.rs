@@ -1,0 +1,1 @@
+//! vSphere: vim25 SOAP client, discovery, checks, snapshots and CBT (issue 4).
