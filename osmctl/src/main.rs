@@ -84,6 +84,17 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Hidden, for packaging (osm.spec): kept out of `Cli` so it is in no man page or completion.
+    let args: Vec<_> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "__generate-docs" {
+        return match generate_docs(std::path::Path::new(&args[2])) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("osmctl: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,6 +107,28 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Man pages (`DIR/man1/osmctl.1`, `osmctl-SUBCOMMAND.1`) and completions
+/// (`DIR/completions/osmctl.bash`, `_osmctl`, `osmctl.fish`) from the clap definition.
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man1");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man).with_context(|| format!("writing man pages to {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "osmctl", &completions)
+            .with_context(|| format!("writing {shell} completion to {}", completions.display()))?;
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
