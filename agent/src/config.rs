@@ -13,6 +13,7 @@ pub const DROPIN_DIRS: [&str; 3] = ["/usr/lib/osm/config.d", "/run/osm/config.d"
 struct Fragment {
     agent: Option<AgentFragment>,
     copy: Option<CopyFragment>,
+    openstack: Option<crate::cloud::openstack::OpenStackFragment>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +61,8 @@ pub struct Settings {
     pub admin_group: String,
     pub nbdkit: String,
     pub copy: CopySettings,
+    /// Destination cloud and conversion-host discovery (section `[openstack]`).
+    pub openstack: crate::cloud::openstack::OpenStackSettings,
 }
 
 /// Tuning of the copy engine (section `[copy]`).
@@ -130,6 +133,9 @@ impl Settings {
                     };
                 }
             }
+            if let Some(o) = f.openstack {
+                s.openstack.apply(o);
+            }
             if let Some(c) = f.copy {
                 let bad = |key, value: u64, why| ConfigError::Invalid {
                     path: "config".into(),
@@ -183,6 +189,7 @@ impl Settings {
                 checkpoint_bytes: 64 << 20,
                 checkpoint_interval: Duration::from_secs(2),
             },
+            openstack: Default::default(),
         }
     }
 }

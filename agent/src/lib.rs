@@ -1,5 +1,6 @@
 //! osm-agent: the conversion-host daemon. See docs/ and ../shared/design/ARCHITECTURE.md.
 pub mod api;
+pub mod blockdev;
 pub mod cloud;
 pub mod config;
 pub mod daemon;

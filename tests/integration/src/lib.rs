@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bus;
 pub mod disk;
+pub mod faultproxy;
 
 use std::path::PathBuf;
 

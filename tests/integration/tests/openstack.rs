@@ -1,0 +1,642 @@
+//! The OpenStack client and attach-to-self against the test bed's REAL OpenStack
+//! (Keystone, Cinder, Nova, Neutron on 127.0.0.1; `tests/testbed/up --only openstack`).
+//! The only double is the bed's hypervisor emulation (attach → loop device + by-id link),
+//! plus our own FaultProxy (a hand-written fake network) for the fault test.
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use osm_agent::blockdev::{self, AttachedVolume};
+use osm_agent::cloud::openstack::discovery::{self, DiscoveryInputs, Source};
+use osm_agent::cloud::openstack::{
+    Client, CloudConfig, Error, FixedIp, ImageProperties, Metadata, OpenStack, PortSpec, RetryPolicy, VolumeSpec,
+};
+use osm_integration_tests::faultproxy::{Fault, FaultProxy};
+
+fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!("{key} is not set: run tests/testbed/up (or tests/testbed/up --only openstack) and source $OSM_TESTBED_STATE/env")
+    })
+}
+
+fn process_env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        request_timeout: Duration::from_secs(60),
+        deadline: Duration::from_secs(120),
+        ..RetryPolicy::default()
+    }
+}
+
+fn user_client() -> Client {
+    let cfg = CloudConfig::resolve(None, None, &process_env).expect("OS_CLOUD from clouds.yaml");
+    Client::new(cfg, policy()).unwrap()
+}
+
+/// The `auth` of a clouds.yaml entry, as plain strings (to build the other forms).
+fn cloud_auth(cloud: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(env("OS_CLIENT_CONFIG_FILE")).unwrap();
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let auth = &v["clouds"][cloud]["auth"];
+    auth.as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_string(),
+                v.as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn settings(tmp: &std::path::Path) -> blockdev::Settings {
+    let mut s = blockdev::Settings::new(env("OSM_BYID_DIR"), tmp);
+    // The bed's lock must be host-wide across test processes too.
+    s.lock_file = PathBuf::from("/var/tmp/osm-testbed/osm-test-attach.lock");
+    s.device_timeout = Duration::from_secs(60);
+    s.volume_timeout = Duration::from_secs(120);
+    s
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("osm-test-{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
+}
+
+/// Volumes and ports a test made, removed at the end whatever happened.
+#[derive(Default, Clone)]
+struct Cleanup {
+    volumes: Arc<Mutex<Vec<String>>>,
+    ports: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cleanup {
+    async fn run(&self, c: &Client) {
+        let host = env("OSM_CONVERSION_HOST_ID");
+        let vols: Vec<String> = self.volumes.lock().unwrap().drain(..).collect();
+        for v in vols {
+            if let Ok(vol) = c.get_volume(&v).await {
+                if vol.status != "available" {
+                    let _ = c.detach_volume(&host, &v).await;
+                    let _ = c
+                        .wait_volume(&v, &["available", "error"], Duration::from_secs(60))
+                        .await;
+                }
+            }
+            if let Err(e) = c.delete_volume_wait(&v, Duration::from_secs(120)).await {
+                eprintln!("cleanup: volume {v}: {e}");
+            }
+            let _ = std::fs::remove_file(PathBuf::from(env("OSM_VOLUME_DIR")).join(format!("{v}.img")));
+        }
+        let ports: Vec<String> = self.ports.lock().unwrap().drain(..).collect();
+        for p in ports {
+            if let Err(e) = c.delete_port(&p).await {
+                eprintln!("cleanup: port {p}: {e}");
+            }
+        }
+    }
+}
+
+/// Run `body`, then the cleanup, then re-raise a panic of the body.
+async fn guarded<F: std::future::Future<Output = ()>>(c: &Client, cl: &Cleanup, body: F) {
+    use futures_util::FutureExt;
+    let r = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+    cl.run(c).await;
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn write_at(dev: &std::path::Path, offset: u64, data: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_at(dev: &std::path::Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut f = std::fs::File::open(dev).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut b = vec![0u8; len];
+    f.read_exact(&mut b).unwrap();
+    b
+}
+
+fn pattern(seed: &str, len: usize) -> Vec<u8> {
+    // Distinct, non-repeating bytes per seed (xorshift from the seed's hash).
+    let mut x: u64 = seed.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_by_clouds_yaml_env_dst_cloud_and_application_credential() {
+    let t = Instant::now();
+    let project = env("OSM_OS_PROJECT_ID");
+    let user = cloud_auth(&env("OS_CLOUD"));
+
+    // 1. clouds.yaml through OS_CLOUD + OS_CLIENT_CONFIG_FILE.
+    let c = user_client();
+    assert_eq!(
+        c.session().authenticate().await.unwrap().as_deref(),
+        Some(project.as_str())
+    );
+    assert_eq!(
+        c.find_network(&env("OSM_OS_NETWORK")).await.unwrap().name,
+        env("OSM_OS_NETWORK")
+    );
+
+    // 2. The OS_* environment (no OS_CLOUD).
+    let vars: BTreeMap<String, String> = [
+        ("OS_AUTH_URL", user["auth_url"].clone()),
+        ("OS_USERNAME", user["username"].clone()),
+        ("OS_PASSWORD", user["password"].clone()),
+        ("OS_PROJECT_NAME", user["project_name"].clone()),
+        ("OS_USER_DOMAIN_NAME", user["user_domain_name"].clone()),
+        ("OS_PROJECT_DOMAIN_NAME", user["project_domain_name"].clone()),
+        ("OS_REGION_NAME", "RegionOne".into()),
+        ("OS_INTERFACE", "internal".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let cfg = CloudConfig::resolve(None, None, &|k| vars.get(k).cloned()).unwrap();
+    assert_eq!(cfg.interface, "internal");
+    let c = Client::new(cfg, policy()).unwrap();
+    assert_eq!(c.project_id().await.unwrap(), project);
+    assert!(c.compute_limits().await.unwrap().max_total_instances != 0);
+
+    // 3. The seed's dst_cloud dictionary (JSON, as the seed's examples give it).
+    let dst = serde_json::json!({
+        "auth": {
+            "auth_url": user["auth_url"],
+            "username": user["username"],
+            "password": user["password"],
+            "project_name": user["project_name"],
+            "user_domain_name": user["user_domain_name"],
+            "project_domain_name": user["project_domain_name"],
+        },
+        "region_name": "RegionOne",
+        "interface": "public",
+        "identity_api_version": 3,
+    });
+    let c = Client::new(CloudConfig::from_dst_cloud(&dst.to_string()).unwrap(), policy()).unwrap();
+    assert_eq!(c.project_id().await.unwrap(), project);
+    c.volume_limits().await.unwrap();
+
+    // 4. Application credential (clouds.yaml entry with auth_type v3applicationcredential).
+    let cfg = CloudConfig::resolve(Some(&env("OSM_OS_APPCRED_CLOUD")), None, &process_env).unwrap();
+    let c = Client::new(cfg, policy()).unwrap();
+    assert_eq!(c.project_id().await.unwrap(), project);
+    c.find_security_group("osm-sg").await.unwrap();
+
+    // A region the catalog does not have is a clear error.
+    let mut cfg = CloudConfig::resolve(None, None, &process_env).unwrap();
+    cfg.region_name = Some("Nowhere".into());
+    let err = Client::new(cfg, policy())
+        .unwrap()
+        .get_volume("x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no Cinder endpoint") && err.contains("Nowhere"), "{err}");
+    eprintln!("auth forms: {:.1}s", t.elapsed().as_secs_f32());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_unreachable_keystone_give_one_clear_line() {
+    let user = cloud_auth(&env("OS_CLOUD"));
+    let dict = |url: &str, pw: &str| {
+        serde_json::json!({"auth": {"auth_url": url, "username": user["username"], "password": pw,
+            "project_name": user["project_name"], "user_domain_name": "Default", "project_domain_name": "Default"}})
+        .to_string()
+    };
+    let secret = "definitely-wrong-pw-7731";
+    let c = Client::new(
+        CloudConfig::from_dst_cloud(&dict(&user["auth_url"], secret)).unwrap(),
+        policy(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let err = c.project_id().await.unwrap_err();
+    let msg = err.to_string();
+    eprintln!("wrong password ({:.1}s): {msg}", t.elapsed().as_secs_f32());
+    assert!(matches!(err, Error::AuthRejected { status: 401, .. }), "{msg}");
+    assert!(
+        msg.contains("refused the credentials") && msg.contains("check the password"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n') && !msg.contains(secret), "{msg}");
+
+    let quick = RetryPolicy {
+        request_timeout: Duration::from_secs(2),
+        deadline: Duration::from_secs(3),
+        ..RetryPolicy::default()
+    };
+    let c = Client::new(
+        CloudConfig::from_dst_cloud(&dict("http://127.0.0.1:9/v3", "x")).unwrap(),
+        quick,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let msg = c.project_id().await.unwrap_err().to_string();
+    eprintln!("unreachable ({:.1}s): {msg}", t.elapsed().as_secs_f32());
+    assert!(
+        msg.starts_with("cannot reach Keystone at http://127.0.0.1:9/v3/auth/tokens"),
+        "{msg}"
+    );
+    assert!(msg.to_lowercase().contains("refused") && !msg.contains('\n'), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_attach_write_detach_reattach_reads_the_same_bytes() {
+    let c = user_client();
+    let cl = Cleanup::default();
+    let tmp = osm_integration_tests::scratch();
+    let s = settings(tmp.path());
+    let host = env("OSM_CONVERSION_HOST_ID");
+    guarded(&c, &cl, async {
+        let t = Instant::now();
+        c.check_volume_quota(&[1 << 30]).await.unwrap();
+        let name = unique("rw");
+        let spec = VolumeSpec {
+            name: name.clone(),
+            size_bytes: (1 << 30) - 4096, // rounds up to 1 GiB
+            metadata: [("osm:vm".to_string(), name.clone()), ("osm:disk".into(), "0".into())].into(),
+            idempotency_key: Some(name.clone()),
+            ..Default::default()
+        };
+        let v = c.create_volume(&spec).await.unwrap();
+        cl.volumes.lock().unwrap().push(v.id.clone());
+        assert_eq!(v.size, 1);
+        // The same create again (a retried step) returns the same volume.
+        assert_eq!(c.create_volume(&spec).await.unwrap().id, v.id);
+        let v = c
+            .wait_volume(&v.id, &["available"], Duration::from_secs(120))
+            .await
+            .unwrap();
+
+        // Bootable, image metadata, metadata merged (never replaced), found by metadata.
+        c.set_bootable(&v.id, true).await.unwrap();
+        let props = ImageProperties {
+            hw_firmware_type: Some("uefi".into()),
+            hw_machine_type: Some("q35".into()),
+            os_type: Some("linux".into()),
+            hw_disk_bus: Some("virtio".into()),
+            hw_vif_model: Some("virtio".into()),
+            os_secure_boot: Some("disabled".into()),
+        };
+        c.set_volume_image_metadata(&v.id, &props).await.unwrap();
+        let md = c
+            .merge_volume_metadata(&v.id, &[("osm:change_id".to_string(), "52 a3/7".to_string())].into())
+            .await
+            .unwrap();
+        assert_eq!(md.get("osm:vm"), Some(&name), "merge lost a key: {md:?}");
+        assert_eq!(md.get("osm:change_id").map(String::as_str), Some("52 a3/7"));
+        let got = c.get_volume(&v.id).await.unwrap();
+        assert!(got.is_bootable());
+        assert_eq!(
+            got.volume_image_metadata.get("hw_firmware_type").map(String::as_str),
+            Some("uefi")
+        );
+        assert_eq!(
+            got.volume_image_metadata.get("os_secure_boot").map(String::as_str),
+            Some("disabled")
+        );
+        let found = c
+            .find_volumes(&[("osm:vm".to_string(), name.clone())].into())
+            .await
+            .unwrap();
+        assert_eq!(
+            found.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            vec![v.id.as_str()]
+        );
+
+        // Attach → device → write 1 MiB → detach → attach → same bytes.
+        let a: AttachedVolume = blockdev::attach(&c, &s, &host, &v.id).await.unwrap();
+        assert_eq!(a.size, 1 << 30);
+        assert!(a.path.to_string_lossy().contains(&v.id[..20]), "{:?}", a.path);
+        let data = pattern(&v.id, 1 << 20);
+        write_at(&a.device, 7 << 20, &data);
+        blockdev::detach(&c, &s, &host, &v.id).await.unwrap();
+        assert_eq!(c.get_volume(&v.id).await.unwrap().status, "available");
+        let b = blockdev::attach(&c, &s, &host, &v.id).await.unwrap();
+        assert_eq!(read_at(&b.device, 7 << 20, 1 << 20), data);
+        blockdev::detach(&c, &s, &host, &v.id).await.unwrap();
+        eprintln!(
+            "create/attach/write/detach/attach/read: {:.1}s",
+            t.elapsed().as_secs_f32()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn eight_volumes_attached_concurrently_map_to_their_own_devices() {
+    let c = Arc::new(user_client());
+    let cl = Cleanup::default();
+    let tmp = osm_integration_tests::scratch();
+    let s = Arc::new(settings(tmp.path()));
+    let host = env("OSM_CONVERSION_HOST_ID");
+    guarded(&c.clone(), &cl, async {
+        let t = Instant::now();
+        let base = unique("eight");
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            let v = c
+                .create_volume(&VolumeSpec {
+                    name: format!("{base}-{i}"),
+                    size_bytes: 1 << 30,
+                    metadata: [("osm:vm".to_string(), base.clone())].into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            cl.volumes.lock().unwrap().push(v.id.clone());
+            ids.push(v.id);
+        }
+        for id in &ids {
+            c.wait_volume(id, &["available"], Duration::from_secs(120))
+                .await
+                .unwrap();
+        }
+        let attach_all = |ids: Vec<String>| {
+            let (c, s, host) = (c.clone(), s.clone(), host.clone());
+            async move {
+                let tasks: Vec<_> = ids
+                    .into_iter()
+                    .map(|id| {
+                        let (c, s, host) = (c.clone(), s.clone(), host.clone());
+                        tokio::spawn(async move { blockdev::attach(c.as_ref(), &s, &host, &id).await.unwrap() })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.unwrap());
+                }
+                out
+            }
+        };
+        let detach_all = |ids: Vec<String>| {
+            let (c, s, host) = (c.clone(), s.clone(), host.clone());
+            async move {
+                let tasks: Vec<_> = ids
+                    .into_iter()
+                    .map(|id| {
+                        let (c, s, host) = (c.clone(), s.clone(), host.clone());
+                        tokio::spawn(async move { blockdev::detach(c.as_ref(), &s, &host, &id).await.unwrap() })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        };
+        let attached = attach_all(ids.clone()).await;
+        let mut devs: Vec<_> = attached.iter().map(|a| a.device.clone()).collect();
+        devs.sort();
+        devs.dedup();
+        assert_eq!(devs.len(), 8, "two volumes share a device: {attached:?}");
+        for a in &attached {
+            write_at(&a.device, 0, &pattern(&a.volume_id, 64 << 10));
+        }
+        let t1 = t.elapsed();
+        detach_all(ids.clone()).await;
+        // Attach again in another order: each device holds its own volume's bytes.
+        let mut rev = ids.clone();
+        rev.reverse();
+        let attached = attach_all(rev).await;
+        for a in &attached {
+            assert_eq!(
+                read_at(&a.device, 0, 64 << 10),
+                pattern(&a.volume_id, 64 << 10),
+                "{} on {} holds another volume's bytes",
+                a.volume_id,
+                a.device.display()
+            );
+        }
+        detach_all(ids.clone()).await;
+        eprintln!(
+            "8 volumes: first attach+write {:.1}s, total {:.1}s",
+            t1.as_secs_f32(),
+            t.elapsed().as_secs_f32()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_with_a_fixed_mac_created_twice_is_one_port() {
+    let c = user_client();
+    let cl = Cleanup::default();
+    guarded(&c, &cl, async {
+        let net = c.find_network(&env("OSM_OS_NETWORK")).await.unwrap();
+        let subnet = c.find_subnet("osm-net-v4", Some(&net.id)).await.unwrap();
+        let sg = c.find_security_group("osm-sg").await.unwrap();
+        let n = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+        let mac = format!(
+            "fa:16:3e:{:02x}:{:02x}:{:02x}",
+            (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8
+        );
+        let spec = PortSpec {
+            network_id: net.id.clone(),
+            name: unique("port"),
+            mac_address: Some(mac.to_ascii_uppercase()),
+            fixed_ips: vec![FixedIp {
+                subnet_id: subnet.id.clone(),
+                ip_address: Some(format!("10.77.0.{}", 100 + (n % 100))),
+            }],
+            security_group_ids: vec![sg.clone()],
+            tags: vec!["osm".into(), "osm-vm:test".into()],
+            description: None,
+        };
+        let p1 = c.ensure_port(&spec).await.unwrap();
+        cl.ports.lock().unwrap().push(p1.id.clone());
+        let p2 = c.ensure_port(&spec).await.unwrap();
+        assert_eq!(p1.id, p2.id);
+        assert_eq!(p1.mac_address, mac);
+        assert_eq!(p1.security_groups, vec![sg]);
+        assert!(p2.tags.contains(&"osm-vm:test".to_string()), "{:?}", p2.tags);
+        let all = c
+            .list_ports(&format!("network_id={}&mac_address={mac}", net.id))
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_discovery_finds_the_conversion_host() {
+    let c = user_client();
+    let inp = DiscoveryInputs {
+        instance_id: None,
+        metadata_url: env("OSM_METADATA_URL"),
+        metadata_timeout: Duration::from_secs(5),
+        by_label_dir: "/nonexistent".into(),
+        dmi_uuid_file: "/nonexistent".into(),
+    };
+    let h = discovery::discover(&c, &inp).await.unwrap();
+    assert_eq!(h.identity.instance_id, env("OSM_CONVERSION_HOST_ID"));
+    assert_eq!(h.identity.source, Source::MetadataService);
+    assert_eq!(
+        h.identity.project_id.as_deref(),
+        Some(env("OSM_OS_PROJECT_ID").as_str())
+    );
+    assert!(h.identity.availability_zone.is_some());
+    // The configured uuid wins; Nova fills the AZ and project then.
+    let h2 = discovery::discover(
+        &c,
+        &DiscoveryInputs {
+            instance_id: Some(env("OSM_CONVERSION_HOST_ID")),
+            metadata_url: "http://127.0.0.1:9".into(),
+            ..inp
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(h2.identity.source, Source::Configuration);
+    assert_eq!(h2.identity.availability_zone, h.identity.availability_zone);
+    let md: Metadata = [("osm:status".to_string(), "idle".to_string())].into();
+    let all = c.set_server_metadata(&h.identity.instance_id, &md).await.unwrap();
+    assert_eq!(all.get("osm_testbed_role").map(String::as_str), Some("conversion-host"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sequence_completes_through_a_proxy_injecting_faults_on_20_percent_of_calls() {
+    let proxy = FaultProxy::start(&[5000, 8774, 8776, 9696, 9292], 20, 0x5eed_0005).await;
+    let mut cfg = CloudConfig::resolve(None, None, &process_env).unwrap();
+    cfg.auth_url = proxy.url_for(&cfg.auth_url);
+    let c = Client::new(
+        cfg,
+        RetryPolicy {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            ..policy()
+        },
+    )
+    .unwrap();
+    assert!(c
+        .session()
+        .endpoint_of(osm_agent::cloud::openstack::Service::Compute)
+        .await
+        .unwrap()
+        .starts_with(&proxy.url_for("http://127.0.0.1:8774")));
+    let direct = user_client();
+    let cl = Cleanup::default();
+    let tmp = osm_integration_tests::scratch();
+    let s = settings(tmp.path());
+    let host = env("OSM_CONVERSION_HOST_ID");
+    guarded(&direct, &cl, async {
+        let t = Instant::now();
+        let name = unique("faults");
+        c.check_volume_quota(&[2 << 30, 1 << 30]).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let spec = VolumeSpec {
+                name: format!("{name}-{i}"),
+                size_bytes: 1 << 30,
+                metadata: [("osm:vm".to_string(), name.clone())].into(),
+                idempotency_key: Some(format!("{name}-{i}")),
+                ..Default::default()
+            };
+            let v = c.create_volume(&spec).await.unwrap();
+            cl.volumes.lock().unwrap().push(v.id.clone());
+            ids.push(v.id);
+        }
+        // Whatever the faults did, there is exactly one volume per key.
+        let found = direct
+            .find_volumes(&[("osm:vm".to_string(), name.clone())].into())
+            .await
+            .unwrap();
+        for v in &found {
+            if !ids.contains(&v.id) {
+                cl.volumes.lock().unwrap().push(v.id.clone());
+            }
+        }
+        assert_eq!(
+            found.len(),
+            2,
+            "duplicate volumes: {:?}",
+            found.iter().map(|v| &v.id).collect::<Vec<_>>()
+        );
+        for round in 0..2 {
+            for id in &ids {
+                c.wait_volume(id, &["available"], Duration::from_secs(120))
+                    .await
+                    .unwrap();
+                c.merge_volume_metadata(id, &[(format!("osm:round{round}"), "ok".to_string())].into())
+                    .await
+                    .unwrap();
+                let a = blockdev::attach(&c, &s, &host, id).await.unwrap();
+                if round == 0 {
+                    write_at(&a.device, 0, &pattern(id, 1 << 20));
+                } else {
+                    assert_eq!(read_at(&a.device, 0, 1 << 20), pattern(id, 1 << 20));
+                }
+                blockdev::detach(&c, &s, &host, id).await.unwrap();
+            }
+        }
+        let md = direct.get_volume(&ids[0]).await.unwrap().metadata;
+        assert!(
+            md.contains_key("osm:round0") && md.contains_key("osm:round1") && md.contains_key("osm:vm"),
+            "{md:?}"
+        );
+
+        // Ports: a retried find-or-create with lost replies still yields one port.
+        let net = c.find_network(&env("OSM_OS_NETWORK")).await.unwrap();
+        let n = std::process::id() as u64 ^ 0xa5;
+        let mac = format!("fa:16:3e:7e:{:02x}:{:02x}", (n >> 8) as u8, n as u8);
+        let spec = PortSpec {
+            network_id: net.id.clone(),
+            name: unique("fport"),
+            mac_address: Some(mac.clone()),
+            tags: vec!["osm".into()],
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            let p = c.ensure_port(&spec).await.unwrap();
+            if !cl.ports.lock().unwrap().contains(&p.id) {
+                cl.ports.lock().unwrap().push(p.id);
+            }
+        }
+        let ports = direct.list_ports(&format!("mac_address={mac}")).await.unwrap();
+        assert_eq!(ports.len(), 1, "{ports:?}");
+
+        let st = proxy.stats.lock().unwrap();
+        eprintln!(
+            "through the fault proxy: {:.1}s, {} calls, faults {:?}",
+            t.elapsed().as_secs_f32(),
+            st.calls,
+            st.faults
+        );
+        for f in [Fault::Http500, Fault::Http429, Fault::ResetBefore, Fault::ResetAfter] {
+            assert!(
+                st.faults.get(&f).copied().unwrap_or(0) > 0,
+                "no {f:?} was injected: {:?}",
+                st.faults
+            );
+        }
+    })
+    .await;
+}
