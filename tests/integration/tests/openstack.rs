@@ -640,3 +640,103 @@ async fn the_sequence_completes_through_a_proxy_injecting_faults_on_20_percent_o
     })
     .await;
 }
+
+/// What the migration's last step does: a flavor (admin), a boot volume with image
+/// metadata, a port with the source MAC, a server booted from the volume → ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_boots_from_volumes_with_a_created_flavor_and_port() {
+    use osm_agent::cloud::openstack::{BootVolume, FlavorSpec, ServerSpec};
+    let admin = Client::new(
+        CloudConfig::resolve(Some(&env("OSM_OS_ADMIN_CLOUD")), None, &process_env).unwrap(),
+        policy(),
+    )
+    .unwrap();
+    let c = user_client();
+    let cl = Cleanup::default();
+    let flavor_name = unique("flavor");
+    let mut server_id = None;
+    let mut flavor_id = None;
+    guarded(&c, &cl, async {
+        let spec = FlavorSpec {
+            name: flavor_name.clone(),
+            vcpus: 2,
+            ram_mib: 2048,
+            disk_gb: 0,
+            is_public: true,
+            extra_specs: [("hw:cpu_policy".to_string(), "shared".to_string())].into(),
+        };
+        let f = admin.create_flavor(&spec).await.unwrap();
+        flavor_id = Some(f.id.clone());
+        let again = admin.create_flavor(&spec).await.unwrap();
+        assert_eq!(f.id, again.id, "a retried flavor create must not make a second flavor");
+        let got = admin.get_flavor(&f.id).await.unwrap();
+        assert_eq!((got.vcpus, got.ram), (2, 2048));
+        assert_eq!(got.extra_specs.get("hw:cpu_policy").map(String::as_str), Some("shared"));
+
+        let vol = c
+            .create_volume(&VolumeSpec {
+                name: unique("boot"),
+                size_bytes: 1 << 30,
+                volume_type: None,
+                availability_zone: None,
+                description: None,
+                metadata: Metadata::new(),
+                idempotency_key: Some(unique("boot-key")),
+            })
+            .await
+            .unwrap();
+        cl.volumes.lock().unwrap().push(vol.id.clone());
+        c.wait_volume(&vol.id, &["available"], Duration::from_secs(120))
+            .await
+            .unwrap();
+        c.set_bootable(&vol.id, true).await.unwrap();
+        let net = c.find_network(&env("OSM_OS_NETWORK")).await.unwrap();
+        let port = c
+            .ensure_port(&PortSpec {
+                network_id: net.id.clone(),
+                name: unique("srv-port"),
+                mac_address: Some("fa:16:3e:aa:bb:cc".into()),
+                fixed_ips: vec![],
+                security_group_ids: vec![],
+                tags: vec!["osm".into()],
+                description: None,
+            })
+            .await
+            .unwrap();
+        cl.ports.lock().unwrap().push(port.id.clone());
+        let sspec = ServerSpec {
+            name: unique("server"),
+            flavor_id: f.id.clone(),
+            volumes: vec![BootVolume {
+                volume_id: vol.id.clone(),
+                boot_index: Some(0),
+            }],
+            port_ids: vec![port.id.clone()],
+            security_groups: vec![],
+            availability_zone: None,
+            key_name: None,
+            user_data: None,
+            metadata: [("osm_source_vm".to_string(), "web [prod] ünïcode 1".to_string())].into(),
+            idempotency_key: Some(unique("srv-key")),
+        };
+        let s = c.create_server(&sspec).await.unwrap();
+        server_id = Some(s.id.clone());
+        let s2 = c.create_server(&sspec).await.unwrap();
+        assert_eq!(s.id, s2.id, "a retried server create must not boot a second server");
+        let active = c.wait_server_active(&s.id, Duration::from_secs(180)).await.unwrap();
+        assert_eq!(active.status, "ACTIVE");
+        assert_eq!(
+            active.metadata.get("osm_source_vm").map(String::as_str),
+            Some("web [prod] ünïcode 1")
+        );
+        c.delete_server(&s.id, Duration::from_secs(120)).await.unwrap();
+        server_id = None;
+    })
+    .await;
+    if let Some(id) = server_id {
+        let _ = c.delete_server(&id, Duration::from_secs(120)).await;
+    }
+    if let Some(id) = flavor_id {
+        admin.delete_flavor(&id).await.unwrap();
+    }
+}
