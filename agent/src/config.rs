@@ -14,6 +14,19 @@ struct Fragment {
     agent: Option<AgentFragment>,
     copy: Option<CopyFragment>,
     openstack: Option<crate::cloud::openstack::OpenStackFragment>,
+    vsphere: Option<VsphereFragment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VsphereFragment {
+    url: Option<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    thumbprint: Option<String>,
+    insecure: Option<bool>,
+    timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +76,8 @@ pub struct Settings {
     pub copy: CopySettings,
     /// Destination cloud and conversion-host discovery (section `[openstack]`).
     pub openstack: crate::cloud::openstack::OpenStackSettings,
+    /// vCenter (section `[vsphere]`); None when not configured.
+    pub vsphere: Option<crate::cloud::vsphere::Endpoint>,
 }
 
 /// Tuning of the copy engine (section `[copy]`).
@@ -116,7 +131,17 @@ impl Settings {
 
     fn merge(frags: Vec<Fragment>) -> Result<Settings, ConfigError> {
         let mut s = Settings::defaults();
+        let mut vs = VsphereFragment::default();
         for f in frags {
+            if let Some(v) = f.vsphere {
+                set_opt(&mut vs.url, v.url);
+                set_opt(&mut vs.user, v.user);
+                set_opt(&mut vs.password_file, v.password_file);
+                set_opt(&mut vs.ca_file, v.ca_file);
+                set_opt(&mut vs.thumbprint, v.thumbprint);
+                set_opt(&mut vs.insecure, v.insecure);
+                set_opt(&mut vs.timeout_seconds, v.timeout_seconds);
+            }
             if let Some(a) = f.agent {
                 set(&mut s.socket, a.socket);
                 set(&mut s.state_dir, a.state_dir);
@@ -169,6 +194,7 @@ impl Settings {
                 }
             }
         }
+        s.vsphere = vsphere_endpoint(vs)?;
         Ok(s)
     }
 
@@ -190,8 +216,72 @@ impl Settings {
                 checkpoint_interval: Duration::from_secs(2),
             },
             openstack: Default::default(),
+            vsphere: None,
         }
     }
+}
+
+fn set_opt<T>(slot: &mut Option<T>, v: Option<T>) {
+    if v.is_some() {
+        *slot = v;
+    }
+}
+
+/// `[vsphere]` → the endpoint: https URL, user, password file, and one way to trust it.
+fn vsphere_endpoint(v: VsphereFragment) -> Result<Option<crate::cloud::vsphere::Endpoint>, ConfigError> {
+    use crate::cloud::vsphere::{Endpoint, Trust};
+    let bad = |key, value: &str, why| ConfigError::Invalid {
+        path: "config".into(),
+        key,
+        value: value.to_string(),
+        why,
+    };
+    let Some(raw) = v.url else {
+        if v.user.is_some() || v.password_file.is_some() {
+            return Err(bad("vsphere.url", "", "is required when [vsphere] is set"));
+        }
+        return Ok(None);
+    };
+    let mut url = url::Url::parse(&raw).map_err(|_| bad("vsphere.url", &raw, "is not a URL (https://vcenter/sdk)"))?;
+    if url.scheme() != "https" {
+        return Err(bad("vsphere.url", &raw, "must be https://"));
+    }
+    if url.path() == "/" || url.path().is_empty() {
+        url.set_path("/sdk");
+    }
+    let user = v.user.ok_or_else(|| bad("vsphere.user", "", "is required"))?;
+    let password_file = v
+        .password_file
+        .ok_or_else(|| bad("vsphere.password_file", "", "is required (a file holding the password)"))?;
+    let insecure = v.insecure.unwrap_or(false);
+    let trust = match (v.ca_file, v.thumbprint, insecure) {
+        (None, None, false) => Trust::System,
+        (Some(ca), None, false) => Trust::CaFile(ca),
+        (None, Some(t), false) => {
+            Trust::Thumbprint(crate::cloud::vsphere::tls::parse_thumbprint(&t).map_err(|_| {
+                bad(
+                    "vsphere.thumbprint",
+                    &t,
+                    "must be a SHA-1 or SHA-256 fingerprint, AA:BB:… as openssl prints it",
+                )
+            })?)
+        }
+        (None, None, true) => Trust::Insecure,
+        _ => {
+            return Err(bad(
+                "vsphere.insecure",
+                &insecure.to_string(),
+                "set only one of ca_file, thumbprint and insecure",
+            ))
+        }
+    };
+    Ok(Some(Endpoint {
+        url,
+        user,
+        password_file,
+        trust,
+        timeout: Duration::from_secs(v.timeout_seconds.unwrap_or(120).max(1)),
+    }))
 }
 
 fn set<T>(slot: &mut T, v: Option<T>) {
@@ -240,5 +330,33 @@ mod tests {
         };
         let err = Settings::merge(vec![f]).unwrap_err().to_string();
         assert!(err.contains("copy.connections"), "{err}");
+    }
+
+    #[test]
+    fn vsphere_section_needs_one_trust_and_a_valid_thumbprint() {
+        use crate::cloud::vsphere::Trust;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("v.toml");
+        let base = "[vsphere]\nurl = \"https://vc.example.com\"\nuser = \"u\"\npassword_file = \"/etc/osm/vc\"\n";
+        std::fs::write(
+            &f,
+            format!("{base}thumbprint = \"{}\"\n", "AB:".repeat(20).trim_end_matches(':')),
+        )
+        .unwrap();
+        let s = Settings::load(&[], Some(&f)).unwrap();
+        let ep = s.vsphere.unwrap();
+        assert_eq!(ep.url.as_str(), "https://vc.example.com/sdk");
+        assert_eq!(ep.trust, Trust::Thumbprint(vec![0xAB; 20]));
+        std::fs::write(&f, format!("{base}thumbprint = \"AB:CD\"\n")).unwrap();
+        let e = Settings::load(&[], Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("vsphere.thumbprint"), "{e}");
+        std::fs::write(&f, format!("{base}insecure = true\nca_file = \"/x\"\n")).unwrap();
+        assert!(Settings::load(&[], Some(&f)).is_err());
+        std::fs::write(&f, base).unwrap();
+        assert_eq!(
+            Settings::load(&[], Some(&f)).unwrap().vsphere.unwrap().trust,
+            Trust::System
+        );
+        assert!(Settings::load(&[], None).unwrap().vsphere.is_none());
     }
 }

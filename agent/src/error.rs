@@ -17,6 +17,8 @@ pub enum Error {
     ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Vsphere(#[from] crate::cloud::vsphere::Error),
 }
 
 impl From<&Error> for ApiError {
@@ -27,10 +29,26 @@ impl From<&Error> for ApiError {
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::InvalidState(_) | Error::ShuttingDown => ErrorCode::InvalidState,
             Error::Store(_) => ErrorCode::Internal,
+            Error::Vsphere(v) => vsphere_code(v),
         };
         ApiError {
             code,
             message: e.to_string(),
         }
+    }
+}
+
+fn vsphere_code(e: &crate::cloud::vsphere::Error) -> ErrorCode {
+    use crate::cloud::vsphere::Error as V;
+    match e {
+        V::NotConfigured => ErrorCode::InvalidState,
+        V::Config(_) | V::PasswordFile { .. } => ErrorCode::InvalidArgument,
+        V::Unreachable { .. } | V::Timeout { .. } => ErrorCode::VsphereUnreachable,
+        V::Tls { .. } => ErrorCode::VsphereTls,
+        V::InvalidLogin { .. } | V::NotAuthenticated(_) => ErrorCode::VsphereAuth,
+        V::NoPermission { .. } => ErrorCode::PermissionDenied,
+        V::ManagedObjectNotFound { .. } | V::VmNotFound(_) | V::FolderNotFound(_) => ErrorCode::NotFound,
+        V::TaskInProgress { .. } | V::InvalidState(_) | V::FileLocked(_) => ErrorCode::InvalidState,
+        V::TaskFailed { .. } | V::Fault(_) | V::Protocol { .. } => ErrorCode::VsphereFault,
     }
 }

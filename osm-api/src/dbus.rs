@@ -32,6 +32,12 @@ pub trait Manager {
 
     fn list_jobs(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
 
+    /// vCenter's VMs as a JSON list of `vsphere::VmInfo`; `folder` "" for everywhere.
+    fn discover(&self, vms: &[&str], folder: &str) -> zbus::Result<String>;
+
+    /// Pre-migration checks as a JSON list of `vsphere::CheckReport`.
+    fn check(&self, vms: &[&str], enable_cbt: bool) -> zbus::Result<String>;
+
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 }

@@ -20,6 +20,14 @@ pub enum ErrorCode {
     InvalidState,
     /// A fault inside the agent (store, runtime); the message says what.
     Internal,
+    /// vCenter refused the login (wrong user or password) or the session.
+    VsphereAuth,
+    /// vCenter cannot be reached (DNS, TCP, timeout).
+    VsphereUnreachable,
+    /// vCenter's certificate failed verification (CA or thumbprint).
+    VsphereTls,
+    /// vCenter answered with a fault (permission, state, locked file, failed task…).
+    VsphereFault,
 }
 
 impl ErrorCode {
@@ -34,6 +42,10 @@ impl ErrorCode {
             ErrorCode::TargetNotWritable => "TargetNotWritable",
             ErrorCode::InvalidState => "InvalidState",
             ErrorCode::Internal => "Internal",
+            ErrorCode::VsphereAuth => "VsphereAuth",
+            ErrorCode::VsphereUnreachable => "VsphereUnreachable",
+            ErrorCode::VsphereTls => "VsphereTls",
+            ErrorCode::VsphereFault => "VsphereFault",
         }
     }
 
@@ -42,7 +54,7 @@ impl ErrorCode {
     }
 
     /// Every code; a new code goes here too (the test below checks the names round-trip).
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidArgument,
         ErrorCode::NotFound,
         ErrorCode::PermissionDenied,
@@ -51,6 +63,10 @@ impl ErrorCode {
         ErrorCode::TargetNotWritable,
         ErrorCode::InvalidState,
         ErrorCode::Internal,
+        ErrorCode::VsphereAuth,
+        ErrorCode::VsphereUnreachable,
+        ErrorCode::VsphereTls,
+        ErrorCode::VsphereFault,
     ];
 }
 

@@ -5,6 +5,7 @@ mod dbus;
 mod error;
 mod job;
 mod socket;
+pub mod vsphere;
 
 pub use dbus::{job_path, JobProxy, ManagerProxy, BUS_NAME, JOBS_PATH, JOB_IFACE, MANAGER_IFACE, ROOT_PATH};
 pub use error::{ApiError, ErrorCode};

@@ -19,6 +19,21 @@ pub enum Request {
     GetJob { id: u64 },
     /// Cancel a queued or running job. Root or the admin group only.
     Cancel { id: u64 },
+    /// vCenter's VMs (all, or those named by name or moref, under an inventory folder);
+    /// replies with a list of `vsphere::VmInfo`. Anyone.
+    Discover {
+        #[serde(default)]
+        vms: Vec<String>,
+        #[serde(default)]
+        folder: Option<String>,
+    },
+    /// Pre-migration checks of the named VMs; a list of `vsphere::CheckReport`.
+    /// Anyone; with `enable_cbt` (turns CBT on) root or the admin group only.
+    Check {
+        vms: Vec<String>,
+        #[serde(default)]
+        enable_cbt: bool,
+    },
 }
 
 /// `{"ok":true,"result":…}` or `{"ok":false,"error":{"code":…,"message":…}}`.

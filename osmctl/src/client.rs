@@ -5,6 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context};
+use osm_api::vsphere::{CheckReport, VmInfo};
 use osm_api::{ApiError, CopyRequest, ErrorCode, JobInfo, JobProxy, JobState, ManagerProxy, Reply, Request};
 use zbus::zvariant::Value;
 
@@ -132,6 +133,35 @@ impl Client {
                 self.get(id).await?;
                 let j = JobProxy::builder(&conn).path(osm_api::job_path(id))?.build().await?;
                 j.cancel().await.map_err(dbus_err)
+            }
+        }
+    }
+}
+
+impl Client {
+    pub async fn discover(&mut self, vms: Vec<String>, folder: Option<String>) -> anyhow::Result<Vec<VmInfo>> {
+        match self {
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::Discover { vms, folder })?)?),
+            Client::DBus(conn) => {
+                let m = ManagerProxy::new(conn).await?;
+                let names: Vec<&str> = vms.iter().map(String::as_str).collect();
+                let json = m
+                    .discover(&names, folder.as_deref().unwrap_or(""))
+                    .await
+                    .map_err(dbus_err)?;
+                Ok(serde_json::from_str(&json)?)
+            }
+        }
+    }
+
+    pub async fn check(&mut self, vms: Vec<String>, enable_cbt: bool) -> anyhow::Result<Vec<CheckReport>> {
+        match self {
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::Check { vms, enable_cbt })?)?),
+            Client::DBus(conn) => {
+                let m = ManagerProxy::new(conn).await?;
+                let names: Vec<&str> = vms.iter().map(String::as_str).collect();
+                let json = m.check(&names, enable_cbt).await.map_err(dbus_err)?;
+                Ok(serde_json::from_str(&json)?)
             }
         }
     }

@@ -81,6 +81,26 @@ enum Command {
     Watch { job: u64 },
     /// Cancel a queued or running job.
     Cancel { job: u64 },
+    /// List vCenter's VMs with what a migration needs (disks, NICs, CBT, snapshots…).
+    Discover {
+        /// Only this VM (name, inventory path or moref like vm-42); repeatable.
+        #[arg(long = "vm", value_name = "NAME|MOREF")]
+        vms: Vec<String>,
+        /// Only VMs under this inventory folder, e.g. /DC0/vm/prod.
+        #[arg(long, value_name = "PATH")]
+        folder: Option<String>,
+    },
+    /// Pre-migration checks of VMs: ok / warn / blocking with the fix; exit status 2 when
+    /// anything blocks.
+    Check {
+        /// VM names, inventory paths or morefs.
+        #[arg(required = true, value_name = "VM")]
+        vms: Vec<String>,
+        /// Turn Changed Block Tracking on where it is off (ReconfigVM and a snapshot
+        /// create/remove cycle); needs root or group osm.
+        #[arg(long)]
+        enable_cbt: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -196,6 +216,32 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             client.cancel(job).await?;
             eprintln!("cancel requested for job {job}");
             Ok(ok)
+        }
+        Command::Discover { vms, folder } => {
+            let found = client.discover(vms, folder).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&found)?),
+                Output::Table => print!("{}", render::vms(&found)),
+            }
+            Ok(ok)
+        }
+        Command::Check { vms, enable_cbt } => {
+            let reports = client.check(vms, enable_cbt).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+                Output::Table => print!("{}", render::checks(&reports)),
+            }
+            let blocked: Vec<&str> = reports
+                .iter()
+                .filter(|r| r.status == osm_api::vsphere::CheckStatus::Blocking)
+                .map(|r| r.vm.as_str())
+                .collect();
+            if blocked.is_empty() {
+                Ok(ok)
+            } else {
+                eprintln!("osmctl: blocking problems on {}", blocked.join(", "));
+                Ok(std::process::ExitCode::from(2))
+            }
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum DbusError {
     TargetNotWritable(String),
     InvalidState(String),
     Internal(String),
+    VsphereAuth(String),
+    VsphereUnreachable(String),
+    VsphereTls(String),
+    VsphereFault(String),
 }
 
 impl From<crate::error::Error> for DbusError {
@@ -39,6 +43,10 @@ impl From<crate::error::Error> for DbusError {
             ErrorCode::TargetNotWritable => DbusError::TargetNotWritable(m),
             ErrorCode::InvalidState => DbusError::InvalidState(m),
             ErrorCode::Internal => DbusError::Internal(m),
+            ErrorCode::VsphereAuth => DbusError::VsphereAuth(m),
+            ErrorCode::VsphereUnreachable => DbusError::VsphereUnreachable(m),
+            ErrorCode::VsphereTls => DbusError::VsphereTls(m),
+            ErrorCode::VsphereFault => DbusError::VsphereFault(m),
         }
     }
 }
@@ -115,6 +123,28 @@ impl Manager {
         }
         let info = self.engine.start_copy(&who, req)?;
         Ok(path(info.id))
+    }
+
+    /// vCenter's VMs as a JSON list of VmInfo (docs/api.md): all, or those named (name
+    /// or moref) in `vms`, under inventory folder `folder` ("" for everywhere).
+    async fn discover(&self, vms: Vec<String>, folder: String) -> Result<String, DbusError> {
+        let folder = (!folder.is_empty()).then_some(folder);
+        let v = crate::api::vsphere::discover(&self.engine, vms, folder).await?;
+        Ok(serde_json::to_string(&v).expect("serializes"))
+    }
+
+    /// Pre-migration checks as a JSON list of CheckReport; `enable_cbt` (root or group
+    /// osm) first turns CBT on where it is off.
+    async fn check(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        vms: Vec<String>,
+        enable_cbt: bool,
+    ) -> Result<String, DbusError> {
+        let who = caller(conn, &hdr).await?;
+        let v = crate::api::vsphere::check(&self.engine, &who, vms, enable_cbt).await?;
+        Ok(serde_json::to_string(&v).expect("serializes"))
     }
 
     async fn list_jobs(&self) -> Vec<OwnedObjectPath> {

@@ -49,6 +49,12 @@ async fn connection(stream: UnixStream, engine: Engine) -> std::io::Result<()> {
             continue;
         }
         let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Discover { vms, folder }) => {
+                to_reply(crate::api::vsphere::discover(&engine, vms, folder).await)
+            }
+            Ok(Request::Check { vms, enable_cbt }) => {
+                to_reply(crate::api::vsphere::check(&engine, &caller, vms, enable_cbt).await)
+            }
             Ok(req) => dispatch(&engine, &caller, req),
             Err(e) => Reply::err(ApiError {
                 code: osm_api::ErrorCode::InvalidArgument,
@@ -73,6 +79,14 @@ fn dispatch(engine: &Engine, caller: &Caller, req: Request) -> Reply {
         Request::ListJobs => Reply::ok(to_value(engine.list())),
         Request::GetJob { id } => json(engine.get(id).map(to_value)),
         Request::Cancel { id } => json(engine.cancel(caller, id).map(to_value)),
+        Request::Discover { .. } | Request::Check { .. } => unreachable!("answered asynchronously in connection()"),
+    }
+}
+
+fn to_reply<T: serde::Serialize>(v: Result<T, crate::error::Error>) -> Reply {
+    match v {
+        Ok(v) => Reply::ok(to_value(v)),
+        Err(e) => Reply::err(ApiError::from(&e)),
     }
 }
 

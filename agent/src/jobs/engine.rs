@@ -231,7 +231,8 @@ impl Engine {
         Ok(e.info(id))
     }
 
-    fn authorize(&self, caller: &Caller) -> Result<(), Error> {
+    /// Root or the admin group, as for starting and cancelling jobs.
+    pub fn authorize(&self, caller: &Caller) -> Result<(), Error> {
         caller.authorize_mutation(&self.inner.settings.admin_group, self.inner.admin_gid)
     }
 

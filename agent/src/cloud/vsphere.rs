@@ -1,1 +1,0 @@
-//! vSphere: vim25 SOAP client, discovery, checks, snapshots and CBT (issue 4).
