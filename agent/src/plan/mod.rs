@@ -28,16 +28,26 @@ pub struct Loaded {
 /// Load a plan: `*.yaml`/`*.yml` are the seed's vars.yaml, anything else osm's TOML.
 pub fn load(path: &Path) -> Result<Loaded, PlanError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read { path: p.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+        path: p.clone(),
+        source,
+    })?;
     let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
     let (plan, warnings) = if is_yaml {
-        vars_yaml::parse(&text).map_err(|message| PlanError::Parse { path: p.clone(), message })?
+        vars_yaml::parse(&text).map_err(|message| PlanError::Parse {
+            path: p.clone(),
+            message,
+        })?
     } else {
-        let plan: Plan = toml::from_str(&text).map_err(|e| PlanError::Parse { path: p.clone(), message: e.to_string() })?;
+        let plan: Plan = toml::from_str(&text).map_err(|e| PlanError::Parse {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
         (plan, Vec::new())
     };
     let mut warnings = warnings;
-    plan.validate(&mut warnings).map_err(|message| PlanError::Invalid { path: p, message })?;
+    plan.validate(&mut warnings)
+        .map_err(|message| PlanError::Invalid { path: p, message })?;
     Ok(Loaded { plan, warnings })
 }
 
@@ -95,7 +105,11 @@ id = "4"
     #[test]
     fn yaml_files_are_read_as_the_seed_vars() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "vars.yaml", "vcenter_hostname: vc\nvcenter_username: u\nvcenter_password: p\nvms_list: [a]\nfoo: 1\n");
+        let p = write(
+            dir.path(),
+            "vars.yaml",
+            "vcenter_hostname: vc\nvcenter_username: u\nvcenter_password: p\nvms_list: [a]\nfoo: 1\n",
+        );
         let l = load(&p).unwrap();
         assert_eq!(l.plan.mode, Mode::Cold);
         assert!(l.warnings.iter().any(|w| w.contains("'foo'")));

@@ -176,7 +176,9 @@ impl Plan {
         }
         if let Cutover::At(t) = &self.cutover {
             if !looks_like_rfc3339(t) {
-                return Err(format!("cutover time '{t}' is not RFC 3339 (e.g. 2026-12-01T22:00:00Z)"));
+                return Err(format!(
+                    "cutover time '{t}' is not RFC 3339 (e.g. 2026-12-01T22:00:00Z)"
+                ));
             }
         }
         if self.mode == Mode::Cold && self.cutover != Cutover::Immediate {

@@ -9,15 +9,23 @@ use super::model::{Cutover, Destination, FlavorChoice, Mode, Network, Plan, Secr
 /// Keys of the kit that osm does not need, and why.
 const NOT_NEEDED: &[(&str, &str)] = &[
     ("runner_from_aee", "osm runs on the conversion host itself"),
-    ("already_deploy_conversion_host", "osm runs on the conversion host itself"),
-    ("copy_openstack_credentials_to_conv_host", "osm reads the credentials where it runs"),
+    (
+        "already_deploy_conversion_host",
+        "osm runs on the conversion host itself",
+    ),
+    (
+        "copy_openstack_credentials_to_conv_host",
+        "osm reads the credentials where it runs",
+    ),
     ("copy_metadata_to_conv_host", "osm reads the credentials where it runs"),
     ("os_migrate_vmw_data_dir", "osm keeps its state in /var/lib/osm"),
 ];
 
 pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
     let doc: Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-    let Value::Mapping(mut m) = doc else { return Err("expected a mapping of variables at the top level".into()) };
+    let Value::Mapping(mut m) = doc else {
+        return Err("expected a mapping of variables at the top level".into());
+    };
     let mut w = Vec::new();
     let mut take = |k: &str| m.remove(k);
 
@@ -27,11 +35,15 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
         (None, Some(p)) => Secret::Inline(str_of(p, "vcenter_password")?),
         (None, None) => return Err("vcenter_password (or vcenter_password_file) is missing".into()),
     };
-    let libdir = ["vddk_libdir", "import_workloads_libdir", "conversion_host_vmware_vix_disklib"]
-        .into_iter()
-        .filter_map(|k| take(k).map(|v| str_of(v, k)))
-        .next()
-        .transpose()?;
+    let libdir = [
+        "vddk_libdir",
+        "import_workloads_libdir",
+        "conversion_host_vmware_vix_disklib",
+    ]
+    .into_iter()
+    .filter_map(|k| take(k).map(|v| str_of(v, k)))
+    .next()
+    .transpose()?;
     let source = Source {
         vcenter,
         user: req_str(take("vcenter_username"), "vcenter_username")?,
@@ -43,16 +55,26 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
         vddk_libdir: libdir,
     };
 
-    let mut destination = Destination { cloud: opt_str(take("os_cloud_environ"), "os_cloud_environ")?, ..Default::default() };
+    let mut destination = Destination {
+        cloud: opt_str(take("os_cloud_environ"), "os_cloud_environ")?,
+        ..Default::default()
+    };
     match take("dst_cloud") {
         None => {}
         Some(Value::String(name)) => destination.cloud = Some(name),
-        Some(v @ Value::Mapping(_)) => destination.dst_cloud = Some(serde_json::to_value(&v).map_err(|e| format!("dst_cloud: {e}"))?),
-        Some(_) => return Err("dst_cloud must be a cloud name (clouds.yaml) or a dictionary of auth parameters".into()),
+        Some(v @ Value::Mapping(_)) => {
+            destination.dst_cloud = Some(serde_json::to_value(&v).map_err(|e| format!("dst_cloud: {e}"))?)
+        }
+        Some(_) => {
+            return Err("dst_cloud must be a cloud name (clouds.yaml) or a dictionary of auth parameters".into())
+        }
     }
 
     let vms = match take("vms_list") {
-        Some(Value::Sequence(s)) => s.into_iter().map(|v| str_of(v, "vms_list[]")).collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Sequence(s)) => s
+            .into_iter()
+            .map(|v| str_of(v, "vms_list[]"))
+            .collect::<Result<Vec<_>, _>>()?,
         Some(_) => return Err("vms_list must be a list of VM names".into()),
         None => return Err("vms_list is missing: list the VMs to migrate".into()),
     };
@@ -69,17 +91,28 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
     let network = Network {
         map: if mapped { map } else { BTreeMap::new() },
         default_network: opt_str(take("openstack_private_network"), "openstack_private_network")?,
-        create_ports: opt_bool(take("os_migrate_create_network_port"), "os_migrate_create_network_port")?.unwrap_or(true),
+        create_ports: opt_bool(take("os_migrate_create_network_port"), "os_migrate_create_network_port")?
+            .unwrap_or(true),
         fixed_ips: opt_bool(take("use_fixed_ips"), "use_fixed_ips")?.unwrap_or(false),
     };
 
     let security_groups = match take("security_groups") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
-        Some(Value::Sequence(s)) => s.into_iter().map(|v| str_of(v, "security_groups[]")).collect::<Result<_, _>>()?,
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        Some(Value::Sequence(s)) => s
+            .into_iter()
+            .map(|v| str_of(v, "security_groups[]"))
+            .collect::<Result<_, _>>()?,
         Some(_) => return Err("security_groups must be a name/id or a list of them".into()),
     };
-    let flavor = match (take("flavor_uuid"), opt_bool(take("use_existing_flavor"), "use_existing_flavor")?) {
+    let flavor = match (
+        take("flavor_uuid"),
+        opt_bool(take("use_existing_flavor"), "use_existing_flavor")?,
+    ) {
         (Some(id), _) => FlavorChoice::Id(str_of(id, "flavor_uuid")?),
         (None, Some(false)) => FlavorChoice::Create,
         (None, _) => FlavorChoice::Closest,
@@ -113,7 +146,10 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
         availability_zone: opt_str(take("availability_zone"), "availability_zone")?,
         ssh_key_name: opt_str(take("ssh_key_name"), "ssh_key_name")?,
         tear_down: opt_bool(take("os_migrate_tear_down"), "os_migrate_tear_down")?.unwrap_or(false),
-        local_disk_path: opt_str(take("import_workloads_local_disk_path"), "import_workloads_local_disk_path")?,
+        local_disk_path: opt_str(
+            take("import_workloads_local_disk_path"),
+            "import_workloads_local_disk_path",
+        )?,
         instance_uuid: opt_str(take("import_workloads_instance_uuid"), "import_workloads_instance_uuid")?,
         debug: opt_bool(take("import_workloads_debug"), "import_workloads_debug")?.unwrap_or(false),
     };
@@ -121,7 +157,9 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
         let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
         match NOT_NEEDED.iter().find(|(n, _)| *n == k) {
             Some((_, why)) => w.push(format!("{k} is not used: {why}")),
-            None => w.push(format!("unknown key '{k}' is ignored; check its spelling against docs/plan.md")),
+            None => w.push(format!(
+                "unknown key '{k}' is ignored; check its spelling against docs/plan.md"
+            )),
         }
     }
     Ok((plan, w))
@@ -158,7 +196,9 @@ fn opt_bool(v: Option<Value>, key: &str) -> Result<Option<bool>, String> {
 }
 
 fn string_map(m: Mapping, key: &str) -> Result<BTreeMap<String, String>, String> {
-    m.into_iter().map(|(k, v)| Ok((str_of(k, key)?, str_of(v, key)?))).collect()
+    m.into_iter()
+        .map(|(k, v)| Ok((str_of(k, key)?, str_of(v, key)?)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -208,11 +248,17 @@ colour: blue
         assert_eq!(p.network.map.get("VM Network").map(String::as_str), Some("private"));
         assert!(!p.network.create_ports);
         assert_eq!(p.security_groups, vec!["4f077e64-bdf6-4d2a-9f2c-c5588f4948ce"]);
-        assert_eq!((p.mode, p.cutover.clone(), p.flavor.clone()), (Mode::Warm, Cutover::Manual, FlavorChoice::Closest));
+        assert_eq!(
+            (p.mode, p.cutover.clone(), p.flavor.clone()),
+            (Mode::Warm, Cutover::Manual, FlavorChoice::Closest)
+        );
         assert!(p.tear_down);
         let dst = p.destination.dst_cloud.unwrap();
         assert_eq!(dst["auth"]["username"], "tenant");
-        assert!(w.iter().any(|x| x.starts_with("os_migrate_vmw_data_dir is not used")), "{w:?}");
+        assert!(
+            w.iter().any(|x| x.starts_with("os_migrate_vmw_data_dir is not used")),
+            "{w:?}"
+        );
         assert!(w.iter().any(|x| x.contains("unknown key 'colour'")), "{w:?}");
         let mut w2 = w.clone();
         p_validate(SEED, &mut w2);
@@ -232,9 +278,16 @@ colour: blue
         assert!(w.is_empty(), "{w:?}");
         let (p, _) = parse(&format!("{base}flavor_uuid: f-1\nuse_existing_flavor: false\n")).unwrap();
         assert_eq!(p.flavor, FlavorChoice::Id("f-1".into()));
-        assert!(parse(&format!("{base}cbt_sync: maybe\n")).unwrap_err().contains("cbt_sync must be true or false"));
-        assert!(parse("vcenter_hostname: vc\n").unwrap_err().contains("vcenter_password"));
-        let (p, _) = parse(&format!("{base}import_workloads_local_disk_path: /srv/nfs\ncbt_sync: true\n")).unwrap();
+        assert!(parse(&format!("{base}cbt_sync: maybe\n"))
+            .unwrap_err()
+            .contains("cbt_sync must be true or false"));
+        assert!(parse("vcenter_hostname: vc\n")
+            .unwrap_err()
+            .contains("vcenter_password"));
+        let (p, _) = parse(&format!(
+            "{base}import_workloads_local_disk_path: /srv/nfs\ncbt_sync: true\n"
+        ))
+        .unwrap();
         assert!(p.validate(&mut Vec::new()).unwrap_err().contains("cold migration only"));
     }
 }
