@@ -198,6 +198,8 @@ fn warm_migration_primitive_changed_areas_equal_the_guest_writes_round_after_rou
         .unwrap();
         let vm = vsphere::snapshot::vm_ref(&vms[0].moref);
         c.remove_osm_snapshots(&vm).await.unwrap();
+        // A fresh bed has CBT off on this VM: turn it on (ReconfigVM_Task).
+        c.set_change_tracking(&vm, true).await.unwrap();
 
         // Round 0: one snapshot for both disks, changeIds read from it.
         let s0 = c.create_sync_snapshot(&vm, "test-0", false).await.unwrap();
