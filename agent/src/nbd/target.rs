@@ -105,19 +105,18 @@ impl Target {
     }
 
     /// Make `[offset, offset+len)` read as zeroes without sending zero bytes where the
-    /// kernel can (BLKZEROOUT on block devices, FALLOC_FL_ZERO_RANGE on files).
+    /// kernel can: first punch a hole (files: a hole; block devices: zeroing that may
+    /// unmap, so thin volumes stay thin), then BLKZEROOUT on block devices, then writes.
     pub fn zero(&self, offset: u64, len: u64) -> Result<(), TargetError> {
         let fd = self.buffered.as_raw_fd();
-        let ok = if self.is_block {
-            offset.is_multiple_of(512) && len.is_multiple_of(512) && {
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: plain fallocate on an fd we own.
+        let ok = unsafe { libc::fallocate(fd, punch, offset as i64, len as i64) == 0 }
+            || (self.is_block && offset.is_multiple_of(512) && len.is_multiple_of(512) && {
                 let range = [offset, len];
                 // SAFETY: BLKZEROOUT reads a [u64; 2] (start, length) from the pointer.
                 unsafe { libc::ioctl(fd, BLKZEROOUT, range.as_ptr()) == 0 }
-            }
-        } else {
-            // SAFETY: plain fallocate on an fd we own.
-            unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset as i64, len as i64) == 0 }
-        };
+            });
         if ok {
             return Ok(());
         }
