@@ -119,4 +119,7 @@ pub struct JobInfo {
     pub error: String,
     pub source: String,
     pub target: String,
+    /// Set for migration jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::MigrationInfo>,
 }

@@ -2,7 +2,7 @@
 //! See docs/api.md.
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, CopyRequest};
+use crate::{ApiError, CopyRequest, MigrateRequest};
 
 pub const DEFAULT_SOCKET: &str = "/run/osm/osm-agent.sock";
 
@@ -19,6 +19,28 @@ pub enum Request {
     GetJob { id: u64 },
     /// Cancel a queued or running job. Root or the admin group only.
     Cancel { id: u64 },
+    /// Start one migration job per VM of a plan; replies with a `MigrateReply`. Root or
+    /// the admin group only.
+    Migrate(MigrateRequest),
+    /// Run one more delta round of a warm migration now. Root or the admin group only.
+    Sync { id: u64 },
+    /// Cut a warm migration over now, or at `at` (RFC 3339). Root or the admin group only.
+    Cutover {
+        id: u64,
+        #[serde(default)]
+        at: Option<String>,
+    },
+    /// Remove everything osm created for a failed or cancelled migration (volumes, ports,
+    /// flavor, snapshots), found by tags; replies with a `CleanupReport`. Root or the
+    /// admin group only.
+    Cleanup { id: u64 },
+    /// The last `lines` lines of a job's log (its own file, 0600). Root or the admin
+    /// group only (logs name hosts and volumes).
+    Logs {
+        id: u64,
+        #[serde(default)]
+        lines: Option<u32>,
+    },
     /// vCenter's VMs (all, or those named by name or moref, under an inventory folder);
     /// replies with a list of `vsphere::VmInfo`. Anyone.
     Discover {

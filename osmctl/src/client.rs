@@ -188,6 +188,7 @@ async fn job_from_dbus(conn: &zbus::Connection, path: &str) -> anyhow::Result<Jo
         error: j.error().await?,
         source: j.source().await?,
         target: j.target().await?,
+        migration: None,
     })
 }
 

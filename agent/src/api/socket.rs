@@ -55,6 +55,7 @@ async fn connection(stream: UnixStream, engine: Engine) -> std::io::Result<()> {
             Ok(Request::Check { vms, enable_cbt }) => {
                 to_reply(crate::api::vsphere::check(&engine, &caller, vms, enable_cbt).await)
             }
+            Ok(Request::Cleanup { id }) => to_reply(engine.cleanup(&caller, id).await),
             Ok(req) => dispatch(&engine, &caller, req),
             Err(e) => Reply::err(ApiError {
                 code: osm_api::ErrorCode::InvalidArgument,
@@ -79,7 +80,13 @@ fn dispatch(engine: &Engine, caller: &Caller, req: Request) -> Reply {
         Request::ListJobs => Reply::ok(to_value(engine.list())),
         Request::GetJob { id } => json(engine.get(id).map(to_value)),
         Request::Cancel { id } => json(engine.cancel(caller, id).map(to_value)),
-        Request::Discover { .. } | Request::Check { .. } => unreachable!("answered asynchronously in connection()"),
+        Request::Migrate(r) => json(engine.start_migrate(caller, r).map(to_value)),
+        Request::Sync { id } => json(engine.sync_now(caller, id).map(to_value)),
+        Request::Cutover { id, at } => json(engine.request_cutover(caller, id, at).map(to_value)),
+        Request::Logs { id, lines } => json(engine.logs(caller, id, lines).map(to_value)),
+        Request::Discover { .. } | Request::Check { .. } | Request::Cleanup { .. } => {
+            unreachable!("answered asynchronously in connection()")
+        }
     }
 }
 

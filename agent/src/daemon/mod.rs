@@ -1,5 +1,6 @@
 //! Start-up, readiness, the engine loop with the watchdog, and a clean stop.
 //! Order: config → logging → state → recover jobs → socket → D-Bus → READY=1.
+pub mod job_log;
 mod logging;
 
 use std::os::unix::fs::DirBuilderExt;

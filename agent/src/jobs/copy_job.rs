@@ -26,6 +26,9 @@ pub enum JobError {
     JobDir(PathBuf, std::io::Error),
     #[error("the job disappeared from the engine")]
     Vanished,
+    /// A migration step failed; `message` says why and what to do.
+    #[error("{step}: {message}")]
+    Step { step: String, message: String },
     #[error("internal error: the job thread panicked: {0}")]
     Panicked(String),
     /// Cancelled by the user, or paused by shutdown (the engine tells which).
@@ -132,6 +135,9 @@ pub fn validate(r: &CopyRequest) -> Result<(), Error> {
 pub fn execute(engine: &Engine, id: u64) -> Result<(), JobError> {
     let _span = tracing::info_span!("job", job_id = id).entered();
     let (request, counters, stop) = engine.job_handles(id).ok_or(JobError::Vanished)?;
+    let super::engine::JobRequest::Copy(request) = request else {
+        return Err(JobError::Vanished);
+    };
     let s = engine.settings();
     let jobs_dir = s.runtime_dir.join("jobs");
     let job_dir = jobs_dir.join(id.to_string());

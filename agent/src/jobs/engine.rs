@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use osm_api::{CopyRequest, JobInfo, JobState};
+use osm_api::{CopyRequest, JobInfo, JobState, MigrationInfo};
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
@@ -41,9 +41,46 @@ struct Inner {
     shutting_down: AtomicBool,
 }
 
+/// What a job was asked to do, as stored (kind `copy` or `migrate`).
+#[derive(Debug, Clone)]
+pub enum JobRequest {
+    Copy(CopyRequest),
+    Migrate(Box<super::migrate::MigrateJob>),
+}
+
+impl JobRequest {
+    fn kind(&self) -> &'static str {
+        match self {
+            JobRequest::Copy(_) => "copy",
+            JobRequest::Migrate(_) => "migrate",
+        }
+    }
+
+    fn to_json(&self) -> String {
+        match self {
+            JobRequest::Copy(r) => serde_json::to_string(r),
+            JobRequest::Migrate(m) => serde_json::to_string(m),
+        }
+        .expect("request serializes")
+    }
+
+    fn from_row(kind: &str, json: &str) -> Result<JobRequest, String> {
+        match kind {
+            "copy" => serde_json::from_str(json).map(JobRequest::Copy),
+            "migrate" => serde_json::from_str(json).map(|m| JobRequest::Migrate(Box::new(m))),
+            other => return Err(format!("unknown job kind '{other}'")),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
 struct Entry {
     kind: String,
-    request: CopyRequest,
+    request: JobRequest,
+    /// Migration jobs: what `status` shows beyond bytes (kept current by the job body).
+    migration: Option<MigrationInfo>,
+    /// Migration jobs: `osmctl sync` / `osmctl cutover` asked for (the body polls).
+    controls: Arc<super::migrate::Controls>,
     state: JobState,
     step: String,
     error: String,
@@ -65,6 +102,10 @@ impl Entry {
             (_, 0) => 0.0,
             _ => done as f64 / total as f64,
         };
+        let (source, target) = match &self.request {
+            JobRequest::Copy(r) => (r.source.clone(), r.target.clone()),
+            JobRequest::Migrate(m) => (m.source_label(), m.target_label()),
+        };
         JobInfo {
             id,
             kind: self.kind.clone(),
@@ -77,8 +118,9 @@ impl Entry {
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
             rate: if self.state == JobState::Running { self.rate } else { 0 },
             error: self.error.clone(),
-            source: self.request.source.clone(),
-            target: self.request.target.clone(),
+            source,
+            target,
+            migration: self.migration.clone(),
         }
     }
 }
@@ -131,7 +173,7 @@ impl Engine {
     pub fn recover(&self) -> Result<usize, Error> {
         let mut resumed = 0;
         for row in self.inner.store.all()? {
-            let request: CopyRequest = match serde_json::from_str(&row.request) {
+            let request = match JobRequest::from_row(&row.kind, &row.request) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(
@@ -145,9 +187,15 @@ impl Engine {
             let counters = Arc::new(Counters::default());
             counters.bytes_done.store(row.bytes_done, Ordering::Relaxed);
             counters.bytes_total.store(row.bytes_total, Ordering::Relaxed);
+            let migration = match &request {
+                JobRequest::Migrate(m) => Some(super::migrate::info_from_checkpoint(m, row.checkpoint.as_deref())),
+                JobRequest::Copy(_) => None,
+            };
             let entry = Entry {
                 kind: row.kind,
                 request,
+                migration,
+                controls: Default::default(),
                 state: row.state,
                 step: row.step,
                 error: row.error,
@@ -169,15 +217,43 @@ impl Engine {
 
     pub fn start_copy(&self, caller: &Caller, request: CopyRequest) -> Result<JobInfo, Error> {
         self.authorize(caller)?;
+        copy_job::validate(&request)?;
+        let info = self.add(JobRequest::Copy(request), None)?;
+        tracing::info!(
+            job_id = info.id,
+            "job {} queued: copy {} → {}",
+            info.id,
+            info.source,
+            info.target
+        );
+        Ok(info)
+    }
+
+    /// Persist a new job, announce it and start it.
+    pub(crate) fn add(&self, request: JobRequest, migration: Option<MigrationInfo>) -> Result<JobInfo, Error> {
+        self.add_with_checkpoint(request, migration, None)
+    }
+
+    /// As [`Engine::add`], the job starting from `checkpoint` (a migration continuing an
+    /// earlier job's state).
+    pub(crate) fn add_with_checkpoint(
+        &self,
+        request: JobRequest,
+        migration: Option<MigrationInfo>,
+        checkpoint: Option<String>,
+    ) -> Result<JobInfo, Error> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
-        copy_job::validate(&request)?;
-        let json = serde_json::to_string(&request).expect("request serializes");
-        let id = self.inner.store.insert("copy", &json)?;
+        let id = self.inner.store.insert(request.kind(), &request.to_json())?;
+        if let Some(cp) = &checkpoint {
+            self.inner.store.set_checkpoint(id, cp, 0, 0)?;
+        }
         let entry = Entry {
-            kind: "copy".into(),
+            kind: request.kind().into(),
             request,
+            migration,
+            controls: Default::default(),
             state: JobState::Queued,
             step: "queued".into(),
             error: String::new(),
@@ -189,7 +265,6 @@ impl Engine {
         };
         let info = entry.info(id);
         self.inner.jobs.lock().expect("jobs").insert(id, entry);
-        tracing::info!(job_id = id, "job {id} queued: copy {} → {}", info.source, info.target);
         let _ = self.inner.events.send(Event::Added(info.clone()));
         self.spawn(id);
         Ok(info)
@@ -238,10 +313,21 @@ impl Engine {
 
     fn spawn(&self, id: u64) {
         let engine = self.clone();
+        let is_copy = matches!(
+            self.inner.jobs.lock().expect("jobs").get(&id).map(|e| &e.request),
+            Some(JobRequest::Copy(_))
+        );
         self.inner.tracker.spawn(async move {
             let body = engine.clone();
-            let result = tokio::task::spawn_blocking(move || copy_job::execute(&body, id)).await;
-            let result = result.unwrap_or_else(|e| Err(JobError::Panicked(e.to_string())));
+            let result = if is_copy {
+                tokio::task::spawn_blocking(move || copy_job::execute(&body, id))
+                    .await
+                    .unwrap_or_else(|e| Err(JobError::Panicked(e.to_string())))
+            } else {
+                tokio::spawn(async move { super::migrate::execute(&body, id).await })
+                    .await
+                    .unwrap_or_else(|e| Err(JobError::Panicked(e.to_string())))
+            };
             engine.finish(id, result);
         });
     }
@@ -261,10 +347,40 @@ impl Engine {
         let _ = self.inner.events.send(Event::Changed(info));
     }
 
-    pub(crate) fn job_handles(&self, id: u64) -> Option<(CopyRequest, Arc<Counters>, Arc<AtomicBool>)> {
+    pub(crate) fn job_handles(&self, id: u64) -> Option<(JobRequest, Arc<Counters>, Arc<AtomicBool>)> {
         let jobs = self.inner.jobs.lock().expect("jobs");
         jobs.get(&id)
             .map(|e| (e.request.clone(), e.counters.clone(), e.stop.clone()))
+    }
+
+    pub(crate) fn controls(&self, id: u64) -> Option<Arc<super::migrate::Controls>> {
+        self.inner
+            .jobs
+            .lock()
+            .expect("jobs")
+            .get(&id)
+            .map(|e| e.controls.clone())
+    }
+
+    /// Replace a migration job's report (kept in memory; the body persists its state).
+    pub(crate) fn set_migration(&self, id: u64, m: MigrationInfo) {
+        let info = {
+            let mut jobs = self.inner.jobs.lock().expect("jobs");
+            let Some(e) = jobs.get_mut(&id) else { return };
+            e.migration = Some(m);
+            e.info(id)
+        };
+        let _ = self.inner.events.send(Event::Changed(info));
+    }
+
+    /// The entry of a migration job, or why it is not one.
+    pub(crate) fn migration_job(&self, id: u64) -> Result<(super::migrate::MigrateJob, JobState), Error> {
+        let jobs = self.inner.jobs.lock().expect("jobs");
+        let e = jobs.get(&id).ok_or(Error::NoSuchJob(id))?;
+        match &e.request {
+            JobRequest::Migrate(m) => Ok(((**m).clone(), e.state)),
+            JobRequest::Copy(_) => Err(Error::InvalidArgument(format!("job {id} is a copy, not a migration"))),
+        }
     }
 
     fn finish(&self, id: u64, result: Result<(), JobError>) {

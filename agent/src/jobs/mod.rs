@@ -1,7 +1,8 @@
 //! Jobs: the engine that owns all state, the persistent store, and the job bodies.
 pub mod caller;
-mod copy_job;
+pub(crate) mod copy_job;
 pub mod engine;
+pub mod migrate;
 pub mod store;
 
 pub use caller::Caller;

@@ -27,19 +27,24 @@ pub struct Loaded {
 
 /// Load a plan: `*.yaml`/`*.yml` are the seed's vars.yaml, anything else osm's TOML.
 pub fn load(path: &Path) -> Result<Loaded, PlanError> {
-    let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
-        path: p.clone(),
+        path: path.display().to_string(),
         source,
     })?;
+    parse(&text, path)
+}
+
+/// Parse a plan's text; `path` picks the format (as in [`load`]) and names it in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Loaded, PlanError> {
+    let p = path.display().to_string();
     let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
     let (plan, warnings) = if is_yaml {
-        vars_yaml::parse(&text).map_err(|message| PlanError::Parse {
+        vars_yaml::parse(text).map_err(|message| PlanError::Parse {
             path: p.clone(),
             message,
         })?
     } else {
-        let plan: Plan = toml::from_str(&text).map_err(|e| PlanError::Parse {
+        let plan: Plan = toml::from_str(text).map_err(|e| PlanError::Parse {
             path: p.clone(),
             message: e.to_string(),
         })?;

@@ -1,0 +1,151 @@
+//! What the API layers call for migrations: start, sync, cutover, cleanup, logs.
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use osm_api::{CleanupReport, JobInfo, MigrateReply, MigrateRequest};
+
+use super::MigrateJob;
+use crate::error::Error;
+use crate::jobs::engine::{Engine, JobRequest};
+use crate::jobs::Caller;
+
+impl Engine {
+    /// Validate the plan and start one job per VM (all of the plan's, or those named).
+    /// A VM whose earlier migration failed or was cancelled continues from that job's
+    /// state (its volumes and copied data are reused).
+    pub fn start_migrate(&self, caller: &Caller, req: MigrateRequest) -> Result<MigrateReply, Error> {
+        self.authorize(caller)?;
+        let loaded = crate::plan::parse(&req.plan, Path::new(&req.plan_path))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let plan = loaded.plan;
+        for w in &loaded.warnings {
+            tracing::warn!("plan {}: {w}", req.plan_path);
+        }
+        let vms: Vec<String> = if req.vms.is_empty() {
+            plan.vms.clone()
+        } else {
+            if let Some(v) = req.vms.iter().find(|v| !plan.vms.contains(v)) {
+                return Err(Error::InvalidArgument(format!(
+                    "VM '{v}' is not in plan {} (it lists: {})",
+                    req.plan_path,
+                    plan.vms.join(", ")
+                )));
+            }
+            req.vms.clone()
+        };
+        let existing = self.list();
+        for vm in &vms {
+            if let Some(j) = existing
+                .iter()
+                .find(|j| !j.state.is_terminal() && j.migration.as_ref().is_some_and(|m| &m.vm == vm))
+            {
+                return Err(Error::InvalidState(format!(
+                    "VM '{vm}' is already being migrated by job {} ({}); `osmctl watch {}` follows it",
+                    j.id, j.step, j.id
+                )));
+            }
+        }
+        let mut jobs = Vec::new();
+        for vm in vms {
+            let previous = existing
+                .iter()
+                .rev()
+                .find(|j| j.migration.as_ref().is_some_and(|m| m.vm == vm))
+                .map(|j| j.id);
+            let job = MigrateJob {
+                vm: vm.clone(),
+                plan: plan.clone(),
+                plan_path: req.plan_path.clone(),
+            };
+            let inherited = match previous {
+                Some(p) => self.store().checkpoint(p)?.map(|cp| super::state::resume_from(&cp)),
+                None => None,
+            };
+            let info = super::info_from_checkpoint(&job, inherited.as_deref());
+            let added = self.add_with_checkpoint(JobRequest::Migrate(Box::new(job)), Some(info), inherited)?;
+            match previous {
+                Some(p) => tracing::info!(
+                    job_id = added.id,
+                    "job {}: migration of '{vm}' queued, continuing job {p}",
+                    added.id
+                ),
+                None => tracing::info!(job_id = added.id, "job {}: migration of '{vm}' queued", added.id),
+            }
+            jobs.push(added);
+        }
+        Ok(MigrateReply {
+            jobs,
+            warnings: loaded.warnings,
+        })
+    }
+
+    /// One more delta round now (warm migrations that wait for their cutover).
+    pub fn sync_now(&self, caller: &Caller, id: u64) -> Result<JobInfo, Error> {
+        self.authorize(caller)?;
+        let (job, state) = self.migration_job(id)?;
+        if state.is_terminal() {
+            return Err(Error::InvalidState(format!("job {id} already {state}")));
+        }
+        if job.plan.mode == crate::plan::Mode::Cold {
+            return Err(Error::InvalidState(format!(
+                "job {id} is a cold migration: it has no delta rounds"
+            )));
+        }
+        let c = self.controls(id).ok_or(Error::NoSuchJob(id))?;
+        c.sync.store(true, Ordering::SeqCst);
+        tracing::info!(job_id = id, "delta round requested");
+        self.get(id)
+    }
+
+    /// Cut over now, or at `at` (RFC 3339).
+    pub fn request_cutover(&self, caller: &Caller, id: u64, at: Option<String>) -> Result<JobInfo, Error> {
+        self.authorize(caller)?;
+        let (_, state) = self.migration_job(id)?;
+        if state.is_terminal() {
+            return Err(Error::InvalidState(format!("job {id} already {state}")));
+        }
+        if let Some(t) = &at {
+            super::state::parse_time(t).map_err(Error::InvalidArgument)?;
+        }
+        let c = self.controls(id).ok_or(Error::NoSuchJob(id))?;
+        *c.cutover.lock().expect("cutover") = Some(at.clone().unwrap_or_default());
+        tracing::info!(
+            job_id = id,
+            "cutover requested{}",
+            at.map(|t| format!(" at {t}")).unwrap_or_default()
+        );
+        self.get(id)
+    }
+
+    /// Remove what osm created for a failed or cancelled migration.
+    pub async fn cleanup(&self, caller: &Caller, id: u64) -> Result<CleanupReport, Error> {
+        self.authorize(caller)?;
+        let (job, state) = self.migration_job(id)?;
+        if !state.is_terminal() {
+            return Err(Error::InvalidState(format!(
+                "job {id} is still {state}: `osmctl cancel {id}` first"
+            )));
+        }
+        if state == osm_api::JobState::Succeeded {
+            return Err(Error::InvalidState(format!(
+                "job {id} succeeded: its volumes, ports and flavor belong to the migrated server now"
+            )));
+        }
+        super::cleanup::run(self, id, &job).await
+    }
+
+    /// The last `lines` lines of the job's log.
+    pub fn logs(&self, caller: &Caller, id: u64, lines: Option<u32>) -> Result<String, Error> {
+        self.authorize(caller)?;
+        self.get(id)?;
+        let path = crate::daemon::job_log::path(&self.settings().log_dir, id);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::InvalidState(format!("cannot read {}: {e}", path.display()))),
+        };
+        let n = lines.unwrap_or(200) as usize;
+        let all: Vec<&str> = text.lines().collect();
+        Ok(all[all.len().saturating_sub(n)..].join("\n"))
+    }
+}

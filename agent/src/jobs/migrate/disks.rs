@@ -1,0 +1,1 @@
+//! Disks: volumes per disk, attach, copy rounds.
