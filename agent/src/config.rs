@@ -40,6 +40,8 @@ struct AgentFragment {
     dbus: Option<String>,
     admin_group: Option<String>,
     nbdkit: Option<String>,
+    plans_dir: Option<PathBuf>,
+    publish_status: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +75,10 @@ pub struct Settings {
     pub dbus: Bus,
     pub admin_group: String,
     pub nbdkit: String,
+    /// Plans started once at start-up (cloud-init drops them here; docs/unattended.md).
+    pub plans_dir: PathBuf,
+    /// Publish the migrations' status in this host's Nova server metadata.
+    pub publish_status: bool,
     pub copy: CopySettings,
     /// Destination cloud and conversion-host discovery (section `[openstack]`).
     pub openstack: crate::cloud::openstack::OpenStackSettings,
@@ -150,6 +156,8 @@ impl Settings {
                 set(&mut s.byid_dir, a.byid_dir);
                 set(&mut s.admin_group, a.admin_group);
                 set(&mut s.nbdkit, a.nbdkit);
+                set(&mut s.plans_dir, a.plans_dir);
+                set(&mut s.publish_status, a.publish_status);
                 if let Some(b) = a.dbus {
                     s.dbus = match b.as_str() {
                         "system" => Bus::System,
@@ -208,6 +216,8 @@ impl Settings {
             dbus: Bus::System,
             admin_group: "osm".into(),
             nbdkit: "nbdkit".into(),
+            plans_dir: "/etc/osm/plans.d".into(),
+            publish_status: true,
             copy: CopySettings {
                 connections: 4,
                 chunk_size: 16 << 20,
@@ -312,6 +322,17 @@ mod tests {
         assert_eq!(s.state_dir, PathBuf::from("/s"));
         assert_eq!(s.dbus, Bus::None);
         assert_eq!(s.copy.connections, 2);
+        assert_eq!(s.plans_dir, PathBuf::from("/etc/osm/plans.d"));
+        assert!(s.publish_status);
+        std::fs::write(
+            dir.path().join("30-c.toml"),
+            "[agent]\nplans_dir = \"/p\"\npublish_status = false\n",
+        )
+        .unwrap();
+        let s = Settings::load(&[dir.path().to_path_buf()], None).unwrap();
+        assert_eq!(s.plans_dir, PathBuf::from("/p"));
+        assert!(!s.publish_status);
+        std::fs::remove_file(dir.path().join("30-c.toml")).unwrap();
 
         let bad = dir.path().join("main.toml");
         std::fs::write(&bad, "[agent]\nsokcet = \"/x\"\n").unwrap();

@@ -9,5 +9,6 @@ pub mod exec;
 pub mod jobs;
 pub mod nbd;
 pub mod plan;
+pub mod unattended;
 
 pub use daemon::run;

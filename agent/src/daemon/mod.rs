@@ -81,6 +81,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     notify(&[NotifyState::Ready, NotifyState::Status(&engine.status_line())]);
     tokio::spawn(status_updates(engine.clone()));
     tokio::spawn(engine_loop(engine.clone()));
+    // Plans from cloud-init and the status in Nova: in the background, never fatal.
+    let unattended = crate::unattended::start(engine.clone());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -93,6 +95,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ]);
     tracing::info!("stopping: jobs pause at their last checkpoint and resume on the next start");
     engine.shutdown().await;
+    unattended.shutdown().await;
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
 }
