@@ -143,22 +143,22 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Who may have written it: only root, and nobody else may write it now.
-fn check_owner_and_mode(what: &str, md: &std::fs::Metadata) -> Result<(), String> {
+fn check_owner_and_mode(md: &std::fs::Metadata) -> Result<(), String> {
     if md.uid() != 0 {
         return Err(format!(
-            "{what} is owned by uid {}, not root: refused (chown root:root)",
+            "owned by uid {}, not root: refused (chown root:root)",
             md.uid()
         ));
     }
     let mode = md.mode() & 0o7777;
     if mode & 0o022 != 0 {
+        let who = if mode & 0o002 != 0 {
+            "every local user"
+        } else {
+            "its group"
+        };
         return Err(format!(
-            "{what} is writable by {} (mode {mode:04o}): refused (chmod go-w, plans should be 0600)",
-            if mode & 0o002 != 0 {
-                "every local user"
-            } else {
-                "its group"
-            },
+            "writable by {who} (mode {mode:04o}): refused (chmod go-w; plans should be 0600 root)"
         ));
     }
     Ok(())
@@ -171,16 +171,19 @@ fn read_plan(path: &Path) -> Result<(String, std::fs::Metadata), String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => "is a symbolic link: refused (plans must be regular files owned by root)".to_string(),
+            Some(libc::ELOOP) => "a symbolic link: refused (plans must be regular files owned by root)".to_string(),
             _ => format!("cannot open: {e}"),
         })?;
     let md = f.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !md.is_file() {
-        return Err("is not a regular file: skipped".into());
+        return Err("not a regular file: refused".into());
     }
-    check_owner_and_mode("the file", &md)?;
+    check_owner_and_mode(&md)?;
     if md.len() > MAX_PLAN_BYTES {
-        return Err(format!("is {} bytes; a plan is at most {MAX_PLAN_BYTES}", md.len()));
+        return Err(format!(
+            "{} bytes: refused (a plan is at most {MAX_PLAN_BYTES})",
+            md.len()
+        ));
     }
     let mut text = String::new();
     f.read_to_string(&mut text)
@@ -227,7 +230,8 @@ pub fn run(engine: &Engine, dir: &Path, state_dir: &Path) -> Outcome {
         }
         Err(e) => Err(format!("cannot read {dir_name}: {e}")),
         Ok(md) if !md.is_dir() => Err(format!("{dir_name} is not a directory")),
-        Ok(md) => check_owner_and_mode(&format!("the folder {dir_name}"), &md)
+        Ok(md) => check_owner_and_mode(&md)
+            .map_err(|why| format!("the folder {dir_name}: {why}"))
             .and_then(|()| list(dir).map_err(|e| format!("cannot list {dir_name}: {e}"))),
     };
     let files = match files {
@@ -267,7 +271,7 @@ pub fn run(engine: &Engine, dir: &Path, state_dir: &Path) -> Outcome {
         let (text, md) = match read_plan(&path) {
             Ok(x) => x,
             Err(why) => {
-                tracing::error!("unattended: plan {shown} {why}");
+                tracing::error!("unattended: plan {shown}: {why}");
                 out.errors.push(PlanError {
                     file: name,
                     message: why,
