@@ -36,7 +36,7 @@ pub fn run() -> anyhow::Result<()> {
         args.dropin_dirs
     };
     let settings = Settings::load(&dirs, args.config.as_deref())?;
-    logging::init();
+    logging::init(&settings.log_dir);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(settings))
 }
