@@ -15,6 +15,7 @@ struct Fragment {
     copy: Option<CopyFragment>,
     openstack: Option<crate::cloud::openstack::OpenStackFragment>,
     vsphere: Option<VsphereFragment>,
+    migration: Option<crate::jobs::migrate::settings::MigrationFragment>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +85,8 @@ pub struct Settings {
     pub openstack: crate::cloud::openstack::OpenStackSettings,
     /// vCenter (section `[vsphere]`); None when not configured.
     pub vsphere: Option<crate::cloud::vsphere::Endpoint>,
+    /// Section `[migration]`.
+    pub migration: crate::jobs::migrate::settings::MigrationSettings,
 }
 
 /// Tuning of the copy engine (section `[copy]`).
@@ -169,6 +172,9 @@ impl Settings {
             if let Some(o) = f.openstack {
                 s.openstack.apply(o);
             }
+            if let Some(m) = f.migration {
+                s.migration.apply(m);
+            }
             if let Some(c) = f.copy {
                 let bad = |key, value: u64, why| ConfigError::Invalid {
                     path: "config".into(),
@@ -227,6 +233,7 @@ impl Settings {
             },
             openstack: Default::default(),
             vsphere: None,
+            migration: Default::default(),
         }
     }
 }

@@ -152,7 +152,7 @@ pub fn byid_candidates(byid_dir: &Path, volume_id: &str) -> Vec<PathBuf> {
 }
 
 /// The first candidate that exists, resolved: (link, device).
-fn find_byid(byid_dir: &Path, volume_id: &str) -> Option<(PathBuf, PathBuf)> {
+pub fn find_byid(byid_dir: &Path, volume_id: &str) -> Option<(PathBuf, PathBuf)> {
     byid_candidates(byid_dir, volume_id)
         .into_iter()
         .find_map(|p| std::fs::canonicalize(&p).ok().map(|d| (p, d)))

@@ -353,6 +353,15 @@ impl Engine {
             .map(|e| (e.request.clone(), e.counters.clone(), e.stop.clone()))
     }
 
+    pub(crate) fn is_cancel_requested(&self, id: u64) -> bool {
+        self.inner
+            .jobs
+            .lock()
+            .expect("jobs")
+            .get(&id)
+            .is_some_and(|e| e.cancel_requested)
+    }
+
     pub(crate) fn controls(&self, id: u64) -> Option<Arc<super::migrate::Controls>> {
         self.inner
             .jobs

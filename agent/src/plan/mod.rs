@@ -6,7 +6,7 @@ mod vars_yaml;
 
 use std::path::Path;
 
-pub use model::{Cutover, Destination, FlavorChoice, Mode, Network, Plan, Secret, Source};
+pub use model::{Cutover, Destination, FlavorChoice, Mode, Network, Plan, Secret, Source, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {

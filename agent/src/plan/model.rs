@@ -74,6 +74,20 @@ pub struct Source {
     /// Where VDDK is installed.
     #[serde(default)]
     pub vddk_libdir: Option<String>,
+    /// How disks are read: `vddk` (nbdkit's vddk plugin, from the snapshot) or `https`
+    /// (the datastore's /folder URL through nbdkit's curl plugin: no VDDK needed, but the
+    /// VM must have no snapshots of its own, and a CA file must verify vCenter). Absent:
+    /// the agent's `[migration] transport` (default `vddk`).
+    #[serde(default)]
+    pub transport: Option<Transport>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Vddk,
+    Https,
 }
 
 /// Where the VMs go: a clouds.yaml cloud, or the seed's `dst_cloud` dictionary.

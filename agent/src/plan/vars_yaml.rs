@@ -53,6 +53,7 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
         thumbprint: opt_str(take("vddk_thumbprint"), "vddk_thumbprint")?,
         ca_file: None,
         vddk_libdir: libdir,
+        transport: None,
     };
 
     let mut destination = Destination {

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bus;
 pub mod disk;
 pub mod faultproxy;
+pub mod migration;
 
 use std::path::PathBuf;
 

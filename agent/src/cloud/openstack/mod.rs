@@ -53,6 +53,7 @@ pub trait OpenStack: Send + Sync {
     async fn merge_volume_metadata(&self, id: &str, md: &Metadata) -> Result<Metadata, Error>;
     async fn find_volumes(&self, filter: &Metadata) -> Result<Vec<Volume>, Error>;
     async fn delete_volume(&self, id: &str) -> Result<(), Error>;
+    async fn delete_volume_wait(&self, id: &str, timeout: Duration) -> Result<(), Error>;
 
     // Nova
     async fn attach_volume(&self, server_id: &str, volume_id: &str) -> Result<Attachment, Error>;
@@ -61,7 +62,9 @@ pub trait OpenStack: Send + Sync {
     async fn list_flavors(&self) -> Result<Vec<Flavor>, Error>;
     async fn get_flavor(&self, id: &str) -> Result<Flavor, Error>;
     async fn create_flavor(&self, spec: &FlavorSpec) -> Result<Flavor, Error>;
+    async fn delete_flavor(&self, id: &str) -> Result<(), Error>;
     async fn create_server(&self, spec: &ServerSpec) -> Result<Server, Error>;
+    async fn delete_server(&self, id: &str, timeout: Duration) -> Result<(), Error>;
     async fn get_server(&self, id: &str) -> Result<Server, Error>;
     async fn wait_server_active(&self, id: &str, timeout: Duration) -> Result<Server, Error>;
     async fn set_server_metadata(&self, id: &str, md: &Metadata) -> Result<Metadata, Error>;
@@ -72,6 +75,8 @@ pub trait OpenStack: Send + Sync {
     async fn find_subnet(&self, name_or_id: &str, network_id: Option<&str>) -> Result<Subnet, Error>;
     async fn find_security_group(&self, name_or_id: &str) -> Result<String, Error>;
     async fn ensure_port(&self, spec: &PortSpec) -> Result<Port, Error>;
+    /// Ports matching a Neutron query string, e.g. `tags=osm-vm-vm-42`.
+    async fn list_ports(&self, query: &str) -> Result<Vec<Port>, Error>;
     async fn delete_port(&self, id: &str) -> Result<(), Error>;
 }
 
@@ -107,6 +112,9 @@ impl OpenStack for Client {
     async fn delete_volume(&self, id: &str) -> Result<(), Error> {
         Client::delete_volume(self, id).await
     }
+    async fn delete_volume_wait(&self, id: &str, timeout: Duration) -> Result<(), Error> {
+        Client::delete_volume_wait(self, id, timeout).await
+    }
     async fn attach_volume(&self, server_id: &str, volume_id: &str) -> Result<Attachment, Error> {
         Client::attach_volume(self, server_id, volume_id).await
     }
@@ -125,8 +133,14 @@ impl OpenStack for Client {
     async fn create_flavor(&self, spec: &FlavorSpec) -> Result<Flavor, Error> {
         Client::create_flavor(self, spec).await
     }
+    async fn delete_flavor(&self, id: &str) -> Result<(), Error> {
+        Client::delete_flavor(self, id).await
+    }
     async fn create_server(&self, spec: &ServerSpec) -> Result<Server, Error> {
         Client::create_server(self, spec).await
+    }
+    async fn delete_server(&self, id: &str, timeout: Duration) -> Result<(), Error> {
+        Client::delete_server(self, id, timeout).await
     }
     async fn get_server(&self, id: &str) -> Result<Server, Error> {
         Client::get_server(self, id).await
@@ -151,6 +165,9 @@ impl OpenStack for Client {
     }
     async fn ensure_port(&self, spec: &PortSpec) -> Result<Port, Error> {
         Client::ensure_port(self, spec).await
+    }
+    async fn list_ports(&self, query: &str) -> Result<Vec<Port>, Error> {
+        Client::list_ports(self, query).await
     }
     async fn delete_port(&self, id: &str) -> Result<(), Error> {
         Client::delete_port(self, id).await

@@ -244,6 +244,22 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Power the VM on (to roll a source back into service by hand, and in tests).
+    pub async fn power_on(&self, vm: &MoRef) -> Result<()> {
+        if self.power_state(vm).await? == "poweredOn" {
+            return Ok(());
+        }
+        self.task(
+            &Call::PowerOnVmTask(This { this: vm }),
+            &format!("powering on {}", vm.value),
+            Duration::from_secs(600),
+        )
+        .await
+        .map(drop)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
     AlreadyOff,

@@ -38,6 +38,8 @@ pub enum Call<'a> {
     ShutdownGuest(This<'a>),
     #[serde(rename = "PowerOffVM_Task")]
     PowerOffVmTask(This<'a>),
+    #[serde(rename = "PowerOnVM_Task")]
+    PowerOnVmTask(This<'a>),
     HasPrivilegeOnEntity(HasPrivilegeOnEntity<'a>),
 }
 
@@ -59,6 +61,7 @@ impl Call<'_> {
             Call::ReconfigVmTask(_) => "ReconfigVM_Task",
             Call::ShutdownGuest(_) => "ShutdownGuest",
             Call::PowerOffVmTask(_) => "PowerOffVM_Task",
+            Call::PowerOnVmTask(_) => "PowerOnVM_Task",
             Call::HasPrivilegeOnEntity(_) => "HasPrivilegeOnEntity",
         }
     }

@@ -1,10 +1,501 @@
-//! The journey of one VM.
-use crate::jobs::copy_job::JobError;
-use crate::jobs::engine::Engine;
+//! The journey of one VM: each phase saves the state before it starts and after it ends;
+//! a resumed job skips the phases it finished. On failure (or cancel) the snapshots are
+//! removed and the volumes detached; the volumes stay for `osmctl migrate` to continue,
+//! or `osmctl cleanup` to remove.
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-pub async fn execute(_engine: &Engine, _id: u64) -> Result<(), JobError> {
-    Err(JobError::Step {
-        step: "checks".into(),
-        message: "not implemented yet".into(),
+use osm_api::vsphere::CheckStatus;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use super::source::SourceContext;
+use super::state::{now_unix, Phase, State};
+use super::{Controls, MigrateJob};
+use crate::blockdev;
+use crate::cloud::openstack::{self, OpenStack};
+use crate::cloud::vsphere::{self, snapshot::vm_ref, Trust};
+use crate::jobs::copy_job::JobError;
+use crate::jobs::engine::{Engine, JobRequest};
+use crate::nbd::copy::Counters;
+use crate::plan::{Cutover, Mode, Secret};
+
+/// Everything a running migration holds.
+pub(super) struct Ctx {
+    pub engine: Engine,
+    pub id: u64,
+    pub job: MigrateJob,
+    pub state: Arc<Mutex<State>>,
+    pub stop: Arc<AtomicBool>,
+    pub controls: Arc<Controls>,
+    pub counters: Arc<Counters>,
+    pub work_dir: PathBuf,
+    pub vc: vsphere::Endpoint,
+    pub os: Arc<dyn OpenStack>,
+    pub block: blockdev::Settings,
+    pub source: SourceContext,
+}
+
+/// A step failed: the phase and what to do.
+pub(super) fn fail(phase: Phase, message: impl std::fmt::Display) -> JobError {
+    JobError::Step {
+        step: phase.as_str().to_string(),
+        message: message.to_string(),
+    }
+}
+
+impl Ctx {
+    pub fn snapshot_state(&self) -> State {
+        self.state.lock().expect("state").clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), JobError> {
+        f(&mut self.state.lock().expect("state"));
+        self.save()
+    }
+
+    /// Persist the state and refresh what `status` shows.
+    pub fn save(&self) -> Result<(), JobError> {
+        let (json, info) = {
+            let s = self.state.lock().expect("state");
+            (serde_json::to_string(&*s).expect("state serializes"), s.info(&self.job))
+        };
+        let done = self.counters.bytes_done.load(Ordering::Relaxed);
+        let total = self.counters.bytes_total.load(Ordering::Relaxed);
+        self.engine.store().set_checkpoint(self.id, &json, done, total)?;
+        self.engine.set_migration(self.id, info);
+        Ok(())
+    }
+
+    pub fn stopped(&self) -> Result<(), JobError> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(JobError::Stopped);
+        }
+        Ok(())
+    }
+
+    /// The disk source settings, completed from what the checks found.
+    pub fn source(&self) -> SourceContext {
+        let s = self.state.lock().expect("state");
+        let mut src = self.source.clone();
+        src.thumbprint = s.thumbprint.clone();
+        if let Some(vm) = &s.vm {
+            src.vm_moref = vm.moref.clone();
+            src.datacenter = vm.datacenter.clone();
+        }
+        src
+    }
+
+    pub fn moref(&self) -> String {
+        self.state
+            .lock()
+            .expect("state")
+            .vm
+            .as_ref()
+            .map(|v| v.moref.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.lock().expect("state").phase
+    }
+
+    /// Enter `phase` (recorded), run `f`, record its time and move to `next`.
+    pub async fn run_phase<F>(&self, phase: Phase, next: Phase, f: F) -> Result<(), JobError>
+    where
+        F: AsyncFnOnce(&Ctx) -> Result<(), JobError>,
+    {
+        if self.phase() > phase {
+            return Ok(());
+        }
+        self.stopped()?;
+        self.engine.set_step(self.id, phase.as_str());
+        self.update(|s| s.phase = phase)?;
+        let t = Instant::now();
+        f(self).await?;
+        let secs = t.elapsed().as_secs_f64();
+        tracing::info!("{} done in {secs:.1} s", phase.as_str());
+        self.update(|s| {
+            s.add_timing(phase.as_str(), secs);
+            s.phase = next;
+        })
+    }
+}
+
+static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+
+pub async fn execute(engine: &Engine, id: u64) -> Result<(), JobError> {
+    let span = tracing::info_span!("job", job_id = id);
+    run(engine, id).instrument(span).await
+}
+
+async fn run(engine: &Engine, id: u64) -> Result<(), JobError> {
+    let (request, counters, stop) = engine.job_handles(id).ok_or(JobError::Vanished)?;
+    let JobRequest::Migrate(job) = request else {
+        return Err(JobError::Vanished);
+    };
+    let controls = engine.controls(id).ok_or(JobError::Vanished)?;
+    let slots = SLOTS
+        .get_or_init(|| Arc::new(Semaphore::new(engine.settings().migration.max_concurrent)))
+        .clone();
+    let _slot = match slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            tracing::info!("waiting for a free migration slot ([migration] max_concurrent)");
+            tokio::select! {
+                p = slots.acquire_owned() => p.map_err(|_| JobError::Vanished)?,
+                _ = wait_stop(&stop) => return Err(JobError::Stopped),
+            }
+        }
+    };
+    let state: State = engine
+        .store()
+        .checkpoint(id)?
+        .and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default();
+    let work_dir = engine.settings().runtime_dir.join("jobs").join(id.to_string());
+    for d in [work_dir.parent().expect("jobs dir"), &work_dir] {
+        match std::fs::DirBuilder::new().mode(0o700).create(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(JobError::JobDir(d.to_path_buf(), e))
+            }
+            _ => {}
+        }
+    }
+    let ctx = prepare(engine, id, *job, state, stop, controls, counters, work_dir.clone()).await?;
+    let result = journey(&ctx).await;
+    if let Err(e) = &result {
+        let shutdown = matches!(e, JobError::Stopped) && !engine.is_cancel_requested(id);
+        if !shutdown {
+            super::disks::release(&ctx).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work_dir);
+    result
+}
+
+async fn wait_stop(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn prepare(
+    engine: &Engine,
+    id: u64,
+    job: MigrateJob,
+    state: State,
+    stop: Arc<AtomicBool>,
+    controls: Arc<Controls>,
+    counters: Arc<Counters>,
+    work_dir: PathBuf,
+) -> Result<Ctx, JobError> {
+    let plan = &job.plan;
+    let p = Phase::Checks;
+    let settings = engine.settings();
+    let password_file = match &plan.source.password {
+        Secret::File(f) => PathBuf::from(f),
+        Secret::Inline(pw) => {
+            let f = work_dir.join("vcenter.password");
+            write_private(&f, pw.as_bytes()).map_err(|e| fail(p, format!("cannot write {}: {e}", f.display())))?;
+            f
+        }
+    };
+    let ca_file = plan.source.ca_file.as_ref().map(PathBuf::from);
+    let trust = match (&ca_file, &plan.source.thumbprint) {
+        (Some(ca), _) => Trust::CaFile(ca.clone()),
+        (None, Some(t)) => Trust::Thumbprint(vsphere::tls::parse_thumbprint(t).map_err(|_| {
+            fail(
+                p,
+                format!("source.thumbprint '{t}' is not a SHA-1 or SHA-256 fingerprint"),
+            )
+        })?),
+        (None, None) => Trust::System,
+    };
+    let vcenter = plan.source.vcenter.trim_start_matches("https://").trim_end_matches('/');
+    let vcenter = vcenter.strip_suffix("/sdk").unwrap_or(vcenter).to_string();
+    let url = url::Url::parse(&format!("https://{vcenter}/sdk"))
+        .map_err(|e| fail(p, format!("vCenter address '{vcenter}': {e}")))?;
+    let vc = vsphere::Endpoint {
+        url,
+        user: plan.source.user.clone(),
+        password_file: password_file.clone(),
+        trust,
+        timeout: Duration::from_secs(120),
+    };
+    let cloud = openstack_client(engine, &job).map_err(|e| fail(p, e))?;
+    let transport = super::source::transport(plan, settings.migration.transport);
+    if transport == crate::plan::Transport::Https && ca_file.is_none() {
+        return Err(fail(
+            p,
+            "transport https needs source.ca_file: nbdkit's curl plugin verifies vCenter with a CA, it cannot pin a thumbprint",
+        ));
+    }
+    let mut block = blockdev::Settings::new(&settings.byid_dir, &settings.runtime_dir);
+    block.device_timeout = settings.openstack.device_timeout;
+    block.volume_timeout = settings.openstack.volume_timeout;
+    let source = SourceContext {
+        transport,
+        vcenter,
+        user: plan.source.user.clone(),
+        password_file,
+        ca_file,
+        thumbprint: String::new(),
+        vddk_libdir: plan.source.vddk_libdir.as_ref().map(PathBuf::from),
+        datacenter: String::new(),
+        vm_moref: String::new(),
+        local_disk_path: plan.local_disk_path.as_ref().map(PathBuf::from),
+    };
+    Ok(Ctx {
+        engine: engine.clone(),
+        id,
+        job,
+        state: Arc::new(Mutex::new(state)),
+        stop,
+        controls,
+        counters,
+        work_dir,
+        vc,
+        os: Arc::new(cloud),
+        block,
+        source,
     })
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// The plan's destination, else the agent's `[openstack]` settings.
+fn openstack_client(engine: &Engine, job: &MigrateJob) -> Result<openstack::Client, String> {
+    let s = &engine.settings().openstack;
+    let d = &job.plan.destination;
+    let cfg = if let Some(dst) = &d.dst_cloud {
+        let text = serde_json::to_string(dst).map_err(|e| e.to_string())?;
+        openstack::CloudConfig::from_dst_cloud(&text)
+    } else {
+        let file = d
+            .clouds_yaml
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| s.clouds_file.clone());
+        openstack::CloudConfig::from_environment(d.cloud.as_deref().or(s.cloud.as_deref()), file.as_deref())
+    }
+    .map_err(|e| format!("destination cloud: {e}"))?;
+    openstack::Client::new(cfg, s.retry_policy()).map_err(|e| format!("destination cloud: {e}"))
+}
+
+async fn journey(ctx: &Ctx) -> Result<(), JobError> {
+    let warm = ctx.job.plan.mode == Mode::Warm;
+    checks(ctx).await?;
+    ctx.run_phase(
+        Phase::Volumes,
+        if warm { Phase::FullSync } else { Phase::Cutover },
+        async |c: &Ctx| super::disks::ensure_volumes(c).await,
+    )
+    .await?;
+    ctx.run_phase(Phase::FullSync, Phase::Warm, async |c: &Ctx| {
+        super::disks::sync_round(c, Phase::FullSync).await
+    })
+    .await?;
+    ctx.run_phase(Phase::Warm, Phase::Cutover, async |c: &Ctx| warm_loop(c).await)
+        .await?;
+    ctx.run_phase(Phase::Cutover, Phase::Convert, async |c: &Ctx| cutover(c).await)
+        .await?;
+    ctx.run_phase(Phase::Convert, Phase::Detach, async |c: &Ctx| {
+        super::convert::run(c).await
+    })
+    .await?;
+    ctx.run_phase(Phase::Detach, Phase::Network, async |c: &Ctx| {
+        super::disks::detach_all(c).await
+    })
+    .await?;
+    ctx.run_phase(Phase::Network, Phase::Boot, async |c: &Ctx| {
+        super::boot::network_and_flavor(c).await
+    })
+    .await?;
+    ctx.run_phase(Phase::Boot, Phase::Done, async |c: &Ctx| super::boot::boot(c).await)
+        .await?;
+    let s = ctx.snapshot_state();
+    let total: f64 = s.steps.iter().map(|t| t.seconds).sum();
+    tracing::info!(
+        "migration of '{}' done: server {} ACTIVE; steps: {}; total {total:.1} s",
+        ctx.job.vm,
+        s.server_id,
+        s.steps
+            .iter()
+            .map(|t| format!("{} {:.1} s", t.step, t.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+/// Discovery and checks (again on every start: the VM may have changed), quotas, and the
+/// removal of osm snapshots an interrupted run left.
+async fn checks(ctx: &Ctx) -> Result<(), JobError> {
+    let p = Phase::Checks;
+    ctx.stopped()?;
+    ctx.engine.set_step(ctx.id, p.as_str());
+    let t = Instant::now();
+    let names = vec![ctx.job.vm.clone()];
+    let (vm, report, thumbprint) = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+        let vm = vsphere::inventory::select(vsphere::inventory::discover(c).await?, &names, None)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| vsphere::Error::VmNotFound(names[0].clone()))?;
+        let removed = c.remove_osm_snapshots(&vm_ref(&vm.moref)).await?;
+        if !removed.is_empty() {
+            tracing::info!("removed {} osm snapshot(s) left by an interrupted run", removed.len());
+        }
+        let report = vsphere::check::check_vm(c, &vm, Duration::from_secs(5)).await?;
+        Ok((vm, report, c.thumbprint_sha1().unwrap_or_default()))
+    })
+    .await
+    .map_err(|e| fail(p, e))?;
+    let before = ctx.phase();
+    let blocking: Vec<String> = report
+        .items
+        .iter()
+        .filter(|i| i.status == CheckStatus::Blocking && blocks(&i.check, before, ctx))
+        .map(|i| format!("{} ({}): {}", i.check, i.detail, i.fix))
+        .collect();
+    if !blocking.is_empty() {
+        return Err(fail(
+            p,
+            format!("VM '{}' cannot be migrated: {}", vm.name, blocking.join("; ")),
+        ));
+    }
+    for i in report.items.iter().filter(|i| i.status == CheckStatus::Warn) {
+        tracing::warn!("check {}: {} {}", i.check, i.detail, i.fix);
+    }
+    if ctx.source.transport == crate::plan::Transport::Https && vm.snapshots.list.iter().any(|s| !s.osm) {
+        return Err(fail(
+            p,
+            format!(
+                "VM '{}' has snapshots of its own; the https transport reads the base disk and would miss their data. Remove them (or consolidate), or use transport = \"vddk\"",
+                vm.name
+            ),
+        ));
+    }
+    super::boot::check_network_map(ctx, &vm).map_err(|e| fail(p, e))?;
+    if before <= Phase::Volumes {
+        let sizes: Vec<u64> = vm.disks.iter().map(|d| d.capacity_bytes).collect();
+        ctx.os
+            .check_volume_quota(&sizes)
+            .await
+            .map_err(|e| fail(p, format!("{e}")))?;
+    }
+    let host = host_server_id(ctx).await.map_err(|e| fail(p, e))?;
+    tracing::info!(
+        "VM '{}' ({}): {} disk(s), {} NIC(s), {} vCPU, {} MiB; conversion host {host}",
+        vm.name,
+        vm.moref,
+        vm.disks.len(),
+        vm.nics.len(),
+        vm.cpus,
+        vm.memory_mib
+    );
+    let secs = t.elapsed().as_secs_f64();
+    ctx.update(|s| {
+        s.vm = Some(vm);
+        s.host_server_id = host;
+        s.thumbprint = thumbprint;
+        s.add_timing("checks", secs);
+        if s.phase == Phase::Checks {
+            s.phase = Phase::Volumes;
+        }
+    })?;
+    Ok(())
+}
+
+/// Whether a blocking check matters for this migration at this point of the journey
+/// (after the cutover the source is off on purpose; a cold migration needs no CBT; only
+/// VDDK reads through the ESXi hosts' port 902).
+fn blocks(check: &str, phase: Phase, ctx: &Ctx) -> bool {
+    let vddk = ctx.source.transport == crate::plan::Transport::Vddk && ctx.source.local_disk_path.is_none();
+    match check {
+        "power" | "tools" => phase < Phase::Cutover,
+        "cbt" => ctx.job.plan.mode == Mode::Warm && phase < Phase::Cutover,
+        c if c.starts_with("esxi-") => vddk,
+        _ => true,
+    }
+}
+
+async fn host_server_id(ctx: &Ctx) -> Result<String, String> {
+    if let Some(id) = &ctx.job.plan.instance_uuid {
+        return Ok(id.clone());
+    }
+    let inputs = ctx.engine.settings().openstack.discovery();
+    openstack::discovery::identify(&inputs)
+        .await
+        .map(|h| h.instance_id)
+        .map_err(|e| format!("cannot tell which Nova server this conversion host is: {e}; set instance_uuid in the plan or [openstack] instance_id"))
+}
+
+/// Delta rounds until the cutover is due.
+async fn warm_loop(ctx: &Ctx) -> Result<(), JobError> {
+    let interval = ctx.engine.settings().migration.sync_interval;
+    loop {
+        ctx.stopped()?;
+        if let Some(req) = ctx.controls.cutover.lock().expect("cutover").take() {
+            ctx.update(|s| s.cutover = Some(req))?;
+        }
+        let (cutover, last) = {
+            let s = ctx.state.lock().expect("state");
+            (s.cutover.clone(), s.last_sync_unix)
+        };
+        let due = match (cutover.as_deref(), &ctx.job.plan.cutover) {
+            (Some(""), _) => true,
+            (Some(t), _) => super::state::parse_time(t).is_ok_and(|at| now_unix() >= at),
+            (None, Cutover::At(t)) => super::state::parse_time(t).is_ok_and(|at| now_unix() >= at),
+            (None, Cutover::Immediate) => true,
+            (None, Cutover::Manual) => false,
+        };
+        if due {
+            return Ok(());
+        }
+        let asked = ctx.controls.sync.swap(false, Ordering::SeqCst);
+        if asked || now_unix().saturating_sub(last) >= interval.as_secs() {
+            ctx.engine.set_step(ctx.id, "warm sync: delta round");
+            super::disks::sync_round(ctx, Phase::Warm).await?;
+            ctx.engine.set_step(ctx.id, "warm sync: waiting for the cutover");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Guest shutdown (power off after the timeout), then the final round.
+async fn cutover(ctx: &Ctx) -> Result<(), JobError> {
+    let p = Phase::Cutover;
+    let moref = ctx.moref();
+    if !ctx.snapshot_state().powered_off {
+        ctx.engine.set_step(ctx.id, "cutover: shutting the guest down");
+        let timeout = ctx.engine.settings().migration.shutdown_timeout;
+        let t = Instant::now();
+        let how = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+            c.shutdown(&vm_ref(&moref), timeout).await
+        })
+        .await
+        .map_err(|e| fail(p, e))?;
+        tracing::info!("source VM is off ({how:?}) after {:.1} s", t.elapsed().as_secs_f64());
+        let secs = t.elapsed().as_secs_f64();
+        ctx.update(|s| {
+            s.powered_off = true;
+            s.add_timing("shutdown", secs);
+        })?;
+    }
+    ctx.engine.set_step(ctx.id, "cutover: final sync");
+    super::disks::sync_round(ctx, Phase::Cutover).await
 }

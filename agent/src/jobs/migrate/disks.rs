@@ -1,1 +1,459 @@
-//! Disks: volumes per disk, attach, copy rounds.
+//! Volumes (one per disk, tagged), attachment to this host, and the copy rounds: ONE
+//! snapshot for all disks, changed areas from the changeIds the volumes hold, all disks
+//! copied in parallel (bounded), changeIds committed only after the data is durable.
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::body::{fail, Ctx};
+use super::state::{now_unix, DiskState, Phase, Round};
+use crate::blockdev;
+use crate::cloud::openstack::{Metadata, VolumeSpec};
+use crate::cloud::vsphere::{self, snapshot::vm_ref, ChangedAreas};
+use crate::exec::nbdkit::{Nbdkit, NbdkitSpec};
+use crate::jobs::copy_job::JobError;
+use crate::nbd::copy::{self, Checkpoint, CopySpec, Counters};
+use crate::nbd::Endpoint;
+
+/// Metadata keys of everything osm creates (cleanup finds objects by them).
+pub const TAG_MANAGED: &str = "osm_managed";
+pub const TAG_VM: &str = "osm_vm";
+
+pub fn tags(moref: &str) -> Metadata {
+    [
+        (TAG_MANAGED.to_string(), "true".to_string()),
+        (TAG_VM.to_string(), moref.to_string()),
+    ]
+    .into()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// One volume per disk (found again by its idempotency key after a crash), attached.
+pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
+    let p = Phase::Volumes;
+    let st = ctx.snapshot_state();
+    let vm = st
+        .vm
+        .clone()
+        .ok_or_else(|| fail(p, "the checks did not record the VM"))?;
+    let plan = &ctx.job.plan;
+    let origin = if st.origin_job == 0 { ctx.id } else { st.origin_job };
+    ctx.update(|s| s.origin_job = origin)?;
+    for (i, d) in vm.disks.iter().enumerate() {
+        ctx.stopped()?;
+        let known = st.disks.iter().find(|x| x.key == d.key).cloned();
+        if let Some(k) = &known {
+            if !k.volume_id.is_empty() && ctx.os.get_volume(&k.volume_id).await.is_ok() {
+                continue;
+            }
+            tracing::warn!(
+                "volume {} of disk {} is gone; creating a new one (its data is copied again)",
+                k.volume_id,
+                d.label
+            );
+        }
+        let mut metadata = tags(&vm.moref);
+        metadata.insert("osm_vm_name".into(), truncate(&vm.name, 255));
+        metadata.insert("osm_disk_key".into(), d.key.to_string());
+        metadata.insert("osm_disk_index".into(), i.to_string());
+        let spec = VolumeSpec {
+            name: truncate(&format!("osm-{}-disk{i}", vm.name), 255),
+            size_bytes: d.capacity_bytes,
+            volume_type: plan
+                .volume_type_mapping
+                .get(&d.datastore)
+                .or(plan.volume_type.as_ref())
+                .cloned(),
+            availability_zone: plan.availability_zone.clone(),
+            description: Some(truncate(
+                &format!("{} of VMware VM {} ({}), copied by osm", d.label, vm.name, vm.moref),
+                255,
+            )),
+            metadata,
+            idempotency_key: Some(format!("osm-{}-{origin}-{}", vm.moref, d.key)),
+        };
+        let v = ctx.os.create_volume(&spec).await.map_err(|e| fail(p, e))?;
+        let timeout = ctx.engine.settings().openstack.volume_timeout;
+        ctx.os
+            .wait_volume(&v.id, &["available", "in-use"], timeout)
+            .await
+            .map_err(|e| fail(p, e))?;
+        tracing::info!(
+            "volume {} ({} GiB) for {} ({})",
+            v.id,
+            v.size,
+            d.label,
+            d.datastore_path
+        );
+        ctx.update(|s| {
+            s.disks.retain(|x| x.key != d.key);
+            s.disks.push(DiskState {
+                key: d.key,
+                datastore_path: d.datastore_path.clone(),
+                datastore: d.datastore.clone(),
+                capacity_bytes: d.capacity_bytes,
+                volume_id: v.id.clone(),
+                fresh: true,
+                ..Default::default()
+            });
+            let order: Vec<i32> = vm.disks.iter().map(|d| d.key).collect();
+            s.disks.sort_by_key(|x| order.iter().position(|k| *k == x.key));
+        })?;
+    }
+    ensure_attached(ctx, p).await
+}
+
+/// Attach every volume that has no device on this host yet (or find it, if a crash
+/// left it attached).
+pub async fn ensure_attached(ctx: &Ctx, p: Phase) -> Result<(), JobError> {
+    let st = ctx.snapshot_state();
+    for d in st.disks.iter().filter(|d| d.device.is_none()) {
+        ctx.stopped()?;
+        let v = ctx.os.get_volume(&d.volume_id).await.map_err(|e| fail(p, e))?;
+        let here = v
+            .attachments
+            .iter()
+            .any(|a| a.server_id.as_deref() == Some(st.host_server_id.as_str()));
+        let device = match blockdev::find_byid(&ctx.block.byid_dir, &d.volume_id) {
+            Some((link, _)) if here => link,
+            _ => {
+                if here {
+                    blockdev::detach(ctx.os.as_ref(), &ctx.block, &st.host_server_id, &d.volume_id)
+                        .await
+                        .map_err(|e| fail(p, e))?;
+                } else if !v.attachments.is_empty() {
+                    return Err(fail(
+                        p,
+                        format!(
+                            "volume {} is attached to another server ({}); detach it there or run `osmctl cleanup`",
+                            d.volume_id,
+                            v.attachments
+                                .iter()
+                                .filter_map(|a| a.server_id.clone())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                blockdev::attach(ctx.os.as_ref(), &ctx.block, &st.host_server_id, &d.volume_id)
+                    .await
+                    .map_err(|e| fail(p, e))?
+                    .path
+            }
+        };
+        tracing::info!("volume {} is {}", d.volume_id, device.display());
+        let key = d.key;
+        ctx.update(|s| {
+            if let Some(x) = s.disks.iter_mut().find(|x| x.key == key) {
+                x.device = Some(device.display().to_string());
+            }
+        })?;
+    }
+    Ok(())
+}
+
+pub async fn detach_all(ctx: &Ctx) -> Result<(), JobError> {
+    let st = ctx.snapshot_state();
+    for d in &st.disks {
+        let v = ctx
+            .os
+            .get_volume(&d.volume_id)
+            .await
+            .map_err(|e| fail(Phase::Detach, e))?;
+        if v.attachments
+            .iter()
+            .any(|a| a.server_id.as_deref() == Some(st.host_server_id.as_str()))
+        {
+            blockdev::detach(ctx.os.as_ref(), &ctx.block, &st.host_server_id, &d.volume_id)
+                .await
+                .map_err(|e| fail(Phase::Detach, e))?;
+            tracing::info!("volume {} detached", d.volume_id);
+        }
+        let key = d.key;
+        ctx.update(|s| {
+            if let Some(x) = s.disks.iter_mut().find(|x| x.key == key) {
+                x.device = None;
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// After a failure or cancel: no snapshot left on the source, no volume left attached
+/// here (both best effort, each problem logged).
+pub async fn release(ctx: &Ctx) {
+    let moref = ctx.moref();
+    if !moref.is_empty() {
+        match vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+            c.remove_osm_snapshots(&vm_ref(&moref)).await
+        })
+        .await
+        {
+            Ok(v) if !v.is_empty() => tracing::info!("removed snapshot(s) {}", v.join(", ")),
+            Ok(_) => {}
+            Err(e) => tracing::error!("could not remove osm snapshots of {moref}: {e}; `osmctl cleanup` retries"),
+        }
+    }
+    if let Err(e) = detach_all(ctx).await {
+        tracing::error!("could not detach every volume: {e}; `osmctl cleanup` retries");
+    }
+}
+
+/// One copy round over all disks: `FullSync` (whole disks), `Warm` (deltas), `Cutover`
+/// (deltas, or whole disks for a cold migration).
+pub async fn sync_round(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
+    ensure_attached(ctx, phase).await?;
+    let moref = ctx.moref();
+    let vm = vm_ref(&moref);
+    let label = format!("sync-j{}-{}", ctx.id, now_unix());
+    let t0 = Instant::now();
+    let snap = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+        let snap = c.create_sync_snapshot(&vm, &label, false).await?;
+        let st = ctx.snapshot_state();
+        let mut rounds = Vec::new();
+        for d in &st.disks {
+            if d.round.is_some() {
+                continue; // resumed: keep its oldest changeId, extents and checkpoint
+            }
+            let Some(sd) = snap.disks.iter().find(|s| s.key == d.key) else {
+                return Err(vsphere::Error::Config(format!("disk {} is no longer in the VM", d.key)));
+            };
+            if sd.capacity_bytes != d.capacity_bytes {
+                return Err(vsphere::Error::Config(format!(
+                    "disk {} changed size ({} → {} bytes) during the migration; run `osmctl cleanup` and migrate again",
+                    d.datastore_path, d.capacity_bytes, sd.capacity_bytes
+                )));
+            }
+            let extents = match (&d.synced_change_id, d.synced) {
+                (Some(cid), true) => match c
+                    .changed_areas(&vm, &snap.snapshot, d.key, sd.capacity_bytes, cid)
+                    .await?
+                {
+                    ChangedAreas::Extents(v) => Some(v),
+                    ChangedAreas::FullCopy { reason } => {
+                        tracing::warn!("{reason}: copying disk {} whole", d.datastore_path);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            rounds.push((
+                d.key,
+                Round {
+                    change_id: sd.change_id.clone(),
+                    extents,
+                    checkpoint: None,
+                },
+            ));
+        }
+        Ok((snap, rounds))
+    })
+    .await;
+    let (snap, rounds) = snap.map_err(|e| fail(phase, e))?;
+    let snap_secs = t0.elapsed().as_secs_f64();
+    ctx.update(|s| {
+        for (key, r) in rounds {
+            if let Some(d) = s.disks.iter_mut().find(|d| d.key == key) {
+                d.round = Some(r);
+            }
+        }
+    })?;
+    let t1 = Instant::now();
+    let copied = copy_disks(ctx, phase, &snap.snapshot.value).await;
+    let copy_secs = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let removed = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+        c.remove_snapshot(&snap.snapshot).await
+    })
+    .await;
+    let read = copied?;
+    removed.map_err(|e| {
+        fail(
+            phase,
+            format!("the data is safe, but removing snapshot {}: {e}", snap.name),
+        )
+    })?;
+    let snap_secs = snap_secs + t2.elapsed().as_secs_f64();
+    ctx.update(|s| {
+        for d in &mut s.disks {
+            if let Some(r) = d.round.take() {
+                d.synced_change_id = r.change_id;
+                d.synced = true;
+                d.fresh = false;
+            }
+        }
+        if phase == Phase::Warm {
+            s.rounds += 1;
+        }
+        s.last_round_bytes = read;
+        s.last_round_seconds = copy_secs + snap_secs;
+        s.last_sync_unix = now_unix();
+        // A cutover now: the guest's shutdown, a round like this one, the snapshot work.
+        let shutdown = s
+            .steps
+            .iter()
+            .rev()
+            .find(|t| t.step == "shutdown")
+            .map_or(60.0, |t| t.seconds);
+        s.predicted_downtime_seconds = (shutdown + copy_secs + snap_secs).round();
+        s.add_timing(&format!("{} round", phase.as_str()), copy_secs + snap_secs);
+    })?;
+    tracing::info!(
+        "{} round: {read} bytes read in {copy_secs:.1} s (+{snap_secs:.1} s snapshot work)",
+        phase.as_str()
+    );
+    Ok(())
+}
+
+/// Copy every disk with a round, `parallel_disks` at a time; the bytes read.
+async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobError> {
+    let st = ctx.snapshot_state();
+    let work: Vec<(usize, DiskState)> = st
+        .disks
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter(|(_, d)| {
+            d.round
+                .as_ref()
+                .is_some_and(|r| r.extents.as_ref().is_none_or(|e| !e.is_empty()))
+        })
+        .collect();
+    let per_disk: Vec<Arc<Counters>> = work.iter().map(|_| Arc::new(Counters::default())).collect();
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        ctx.engine.settings().migration.parallel_disks,
+    ));
+    let nbdkit = ctx.engine.nbdkit().cloned();
+    let source = ctx.source();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ((index, disk), counters) in work.into_iter().zip(per_disk.iter().cloned()) {
+        let plugin = super::source::plugin(&source, &disk.datastore_path, snapshot).map_err(|e| fail(phase, e))?;
+        let program = nbdkit
+            .clone()
+            .ok_or_else(|| fail(phase, "nbdkit is not installed (package nbdkit)"))?;
+        let limit = limit.clone();
+        let state = ctx.state.clone();
+        let store_job = (ctx.engine.clone(), ctx.id);
+        let stop = ctx.stop.clone();
+        let socket = ctx.work_dir.join(format!("disk{index}.sock"));
+        let log = ctx
+            .engine
+            .settings()
+            .log_dir
+            .join(format!("job-{}-nbdkit-disk{index}.log", ctx.id));
+        let tuning = ctx.engine.settings().copy.clone();
+        let span = tracing::Span::current();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _e = span.enter();
+                copy_one(
+                    &program, index, &disk, plugin, socket, &log, tuning, &state, &store_job, &stop, &counters,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("copy thread panicked: {e}")))
+        });
+    }
+    // Progress: the sum of the disks' counters.
+    let mut failures = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => failures.push(e),
+                Some(Err(e)) => failures.push(e.to_string()),
+            },
+            _ = tick.tick() => sum_counters(&ctx.counters, &per_disk),
+        }
+    }
+    sum_counters(&ctx.counters, &per_disk);
+    if failures.iter().any(|e| e == "cancelled") {
+        return Err(JobError::Stopped);
+    }
+    if !failures.is_empty() {
+        return Err(fail(phase, failures.join("; ")));
+    }
+    Ok(per_disk.iter().map(|c| c.bytes_read.load(Ordering::Relaxed)).sum())
+}
+
+fn sum_counters(total: &Counters, parts: &[Arc<Counters>]) {
+    let sum = |f: fn(&Counters) -> &std::sync::atomic::AtomicU64| {
+        parts.iter().map(|c| f(c).load(Ordering::Relaxed)).sum::<u64>()
+    };
+    total.bytes_total.store(sum(|c| &c.bytes_total), Ordering::Relaxed);
+    total.bytes_done.store(sum(|c| &c.bytes_done), Ordering::Relaxed);
+    total.bytes_read.store(sum(|c| &c.bytes_read), Ordering::Relaxed);
+    total.bytes_written.store(sum(|c| &c.bytes_written), Ordering::Relaxed);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_one(
+    program: &std::path::Path,
+    index: usize,
+    disk: &DiskState,
+    plugin: crate::exec::nbdkit::Plugin,
+    socket: PathBuf,
+    log: &std::path::Path,
+    tuning: copy::Tuning,
+    state: &std::sync::Mutex<super::state::State>,
+    (engine, id): &(crate::jobs::engine::Engine, u64),
+    stop: &std::sync::atomic::AtomicBool,
+    counters: &Counters,
+) -> Result<(), String> {
+    let round = disk.round.clone().expect("disk has a round");
+    let device = disk.device.clone().ok_or("volume is not attached")?;
+    let server = Nbdkit::start(program, &NbdkitSpec { plugin, socket }, log, Duration::from_secs(60))
+        .map_err(|e| format!("disk {index} ({}): {e}", disk.datastore_path))?;
+    let spec = CopySpec {
+        source: Endpoint::Unix(server.socket().to_path_buf()),
+        target: PathBuf::from(&device),
+        extents: round.extents.clone(),
+        target_is_zero: disk.fresh && round.extents.is_none(),
+        tuning,
+    };
+    let key = disk.key;
+    let mut save = |cp: &Checkpoint| -> Result<(), String> {
+        let json = {
+            let mut s = state.lock().expect("state");
+            if let Some(r) = s.disks.iter_mut().find(|d| d.key == key).and_then(|d| d.round.as_mut()) {
+                r.checkpoint = Some(cp.clone());
+            }
+            serde_json::to_string(&*s).map_err(|e| e.to_string())?
+        };
+        engine
+            .store()
+            .set_checkpoint(*id, &json, 0, 0)
+            .map_err(|e| e.to_string())
+    };
+    tracing::info!(
+        "disk {index}: copying {} to {device} ({})",
+        disk.datastore_path,
+        match &round.extents {
+            None => "whole disk".to_string(),
+            Some(e) => format!(
+                "{} changed areas, {} bytes",
+                e.len(),
+                e.iter().map(|x| x.length).sum::<u64>()
+            ),
+        }
+    );
+    match copy::run(&spec, round.checkpoint.clone(), stop, counters, &mut save) {
+        Ok(cp) => {
+            tracing::info!(
+                "disk {index}: {} bytes read, {} written, flushed",
+                cp.bytes_read,
+                cp.bytes_written
+            );
+            Ok(())
+        }
+        Err(copy::CopyError::Cancelled) => Err("cancelled".into()),
+        Err(e) => Err(format!("disk {index} ({}): {e}", disk.datastore_path)),
+    }
+}

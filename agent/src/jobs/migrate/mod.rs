@@ -4,8 +4,11 @@
 //! restarted agent (or `osmctl migrate` again after a failure) continues where it was.
 mod api;
 mod body;
+mod boot;
 mod cleanup;
+mod convert;
 mod disks;
+pub mod settings;
 mod source;
 pub mod state;
 

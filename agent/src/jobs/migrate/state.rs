@@ -69,6 +69,8 @@ pub struct DiskState {
     pub synced_change_id: Option<String>,
     /// The volume holds a complete copy (full sync done).
     pub synced: bool,
+    /// Created by osm and never written: zero runs need not be written.
+    pub fresh: bool,
     pub round: Option<Round>,
 }
 
@@ -88,9 +90,13 @@ pub struct Conversion {
 #[serde(default)]
 pub struct State {
     pub phase: Phase,
+    /// The job that created the volumes (their idempotency keys carry it).
+    pub origin_job: u64,
     pub vm: Option<VmInfo>,
     /// This conversion host's Nova server id.
     pub host_server_id: String,
+    /// SHA-1 thumbprint vCenter presented at the checks (for VDDK).
+    pub thumbprint: String,
     pub disks: Vec<DiskState>,
     pub rounds: u32,
     pub last_round_bytes: u64,

@@ -1,0 +1,167 @@
+//! Helpers for end-to-end migrations on the test bed: an agent configured for the bed's
+//! vCenter simulator and OpenStack, plans, and checks of what a migration left behind.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use osm_agent::cloud::openstack::{Client, CloudConfig, Metadata, RetryPolicy};
+use osm_agent::cloud::vsphere::{self, Endpoint, Trust};
+use osm_api::vsphere::VmInfo;
+use sha2::{Digest, Sha256};
+
+use crate::agent::{Agent, Options};
+
+pub fn env(key: &str) -> String {
+    std::env::var(key)
+        .unwrap_or_else(|_| panic!("{key} is not set: run tests/testbed/up and source $OSM_TESTBED_STATE/env"))
+}
+
+/// A private 0600 copy of the simulator's password.
+pub fn password_file(dir: &Path) -> PathBuf {
+    let secret = std::fs::read_to_string(env("OSM_VC_PASSWORD_FILE")).unwrap();
+    let p = dir.join("vc.password");
+    std::fs::write(&p, format!("{}\n", secret.lines().next().unwrap())).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    p
+}
+
+/// An agent for the bed: by-id folder and metadata of the bed's hypervisor double, the
+/// https transport (Debian has no VDDK plugin), short sync interval unless given.
+pub fn bed_agent(dir: &Path, extra: &str) -> Agent {
+    let cfg = format!(
+        "byid_dir = \"{}\"\n[openstack]\nmetadata_url = \"{}\"\n[migration]\ntransport = \"https\"\nshutdown_timeout_seconds = 20\n{extra}",
+        env("OSM_BYID_DIR"),
+        env("OSM_METADATA_URL"),
+    );
+    Agent::start(
+        dir,
+        Options {
+            extra_config: cfg,
+            ..Default::default()
+        },
+    )
+}
+
+/// A TOML plan for the bed's simulator and cloud; `more` is appended at top level.
+pub fn plan(dir: &Path, vms: &[&str], more: &str) -> PathBuf {
+    let pw = password_file(dir);
+    let vms: Vec<String> = vms.iter().map(|v| format!("{v:?}")).collect();
+    let vc = env("OSM_VC_URL");
+    let host = vc.trim_start_matches("https://").trim_end_matches("/sdk");
+    let text = format!(
+        "vms = [{}]\n{more}\n[source]\nvcenter = \"{host}\"\nuser = \"{}\"\npassword = {{ file = \"{}\" }}\nca_file = \"{}\"\ndatacenter = \"{}\"\n[destination]\ncloud = \"{}\"\n[network]\ndefault_network = \"{}\"\n",
+        vms.join(", "),
+        env("OSM_VC_USER"),
+        pw.display(),
+        env("OSM_VC_CA_FILE"),
+        env("OSM_VC_DATACENTER"),
+        env("OS_CLOUD"),
+        env("OSM_OS_NETWORK"),
+    );
+    let p = dir.join("plan.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn vc_endpoint(dir: &Path) -> Endpoint {
+    Endpoint {
+        url: env("OSM_VC_URL").parse().unwrap(),
+        user: env("OSM_VC_USER"),
+        password_file: password_file(dir),
+        trust: Trust::CaFile(env("OSM_VC_CA_FILE").into()),
+        timeout: Duration::from_secs(60),
+    }
+}
+
+pub async fn vm(ep: &Endpoint, name: &str) -> VmInfo {
+    vsphere::with_client(ep, async |c: &vsphere::Client| {
+        Ok(vsphere::inventory::select(vsphere::inventory::discover(c).await?, &[name.to_string()], None)?.remove(0))
+    })
+    .await
+    .unwrap()
+}
+
+/// Power the source back on and remove osm snapshots (other tests expect it running).
+pub async fn restore_source(ep: &Endpoint, moref: &str) {
+    let r = vsphere::snapshot::vm_ref(moref);
+    vsphere::with_client(ep, async |c: &vsphere::Client| {
+        c.remove_osm_snapshots(&r).await?;
+        c.power_on(&r).await
+    })
+    .await
+    .unwrap();
+}
+
+pub fn cloud() -> Client {
+    let cfg = CloudConfig::from_environment(None, None).unwrap();
+    Client::new(
+        cfg,
+        RetryPolicy {
+            deadline: Duration::from_secs(120),
+            ..RetryPolicy::default()
+        },
+    )
+    .unwrap()
+}
+
+/// SHA-256 of the first `len` bytes of a file.
+pub fn sha256_prefix(path: &Path, len: u64) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 4 << 20];
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        f.read_exact(&mut buf[..n]).unwrap();
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// The flat file holding a simulated disk's bytes.
+pub fn flat_file(datastore_path: &str) -> PathBuf {
+    let (_, rest) = datastore_path.split_once("] ").unwrap();
+    PathBuf::from(env("OSM_VC_DATASTORE_DIR")).join(format!("{}-flat.vmdk", rest.strip_suffix(".vmdk").unwrap()))
+}
+
+/// The bed's backing file of a volume.
+pub fn volume_file(id: &str) -> PathBuf {
+    PathBuf::from(env("OSM_VOLUME_DIR")).join(format!("{id}.img"))
+}
+
+/// What osm left in the cloud for a VM (by its tags): volumes, ports, servers.
+pub async fn leftovers(c: &Client, moref: &str) -> (Vec<String>, Vec<String>) {
+    let filter: Metadata = [("osm_vm".to_string(), moref.to_string())].into();
+    let vols = c
+        .find_volumes(&filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    let ports = c
+        .list_ports(&format!("tags=osm-vm-{moref}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    (vols, ports)
+}
+
+/// Remove a finished migration's server, ports and volumes (tests share the bed).
+pub async fn remove_migrated(c: &Client, moref: &str, server: &str) {
+    if !server.is_empty() {
+        let _ = c.delete_server(server, Duration::from_secs(300)).await;
+    }
+    let (vols, ports) = leftovers(c, moref).await;
+    for p in ports {
+        let _ = c.delete_port(&p).await;
+    }
+    for v in vols {
+        let _ = c.wait_volume(&v, &["available"], Duration::from_secs(120)).await;
+        let _ = c.delete_volume_wait(&v, Duration::from_secs(120)).await;
+        let _ = std::fs::remove_file(volume_file(&v));
+    }
+}

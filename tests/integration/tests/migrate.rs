@@ -1,0 +1,236 @@
+//! End-to-end migrations on the test bed: the vCenter simulator's VMs into the bed's
+//! real OpenStack, through a real agent, osmctl, nbdkit (curl plugin) and loop devices.
+//! These tests skip the conversion (tests/integration/tests/convert.rs covers
+//! virt-v2v-in-place on the real guest); each checks the bytes by hash, the server, its
+//! ports, and that nothing osm made is left behind.
+use std::process::Command;
+use std::time::Duration;
+
+use osm_api::{JobInfo, JobState, MigrateReply};
+use osm_integration_tests::migration::*;
+use osm_integration_tests::wait_for;
+
+fn migrate(agent: &osm_integration_tests::agent::Agent, plan: &std::path::Path) -> JobInfo {
+    let out = agent.osmctl(&["--output", "json", "migrate", "--plan", plan.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: MigrateReply = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.jobs.len(), 1);
+    r.jobs.into_iter().next().unwrap()
+}
+
+fn step_timings(j: &JobInfo) -> String {
+    j.migration
+        .as_ref()
+        .map(|m| {
+            m.steps
+                .iter()
+                .map(|s| format!("{} {:.1}s", s.step, s.seconds))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn cold_migration_of_the_two_disk_vm_boots_a_server_with_its_disks_and_macs() {
+    let tmp = osm_integration_tests::scratch();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ep = vc_endpoint(tmp.path());
+    let src = rt.block_on(vm(&ep, "osm-linux-2disk"));
+    let agent = bed_agent(tmp.path(), "");
+    let plan = plan(
+        tmp.path(),
+        &["osm-linux-2disk"],
+        "mode = \"cold\"\nskip_conversion = true\nsecurity_groups = [\"osm-sg\"]",
+    );
+    let job = migrate(&agent, &plan);
+    let done = agent.wait_job(job.id, 900);
+    let c = cloud();
+    let m = done.migration.clone().expect("migration info");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_eq!(
+            done.state,
+            JobState::Succeeded,
+            "job failed: {}\n{}",
+            done.error,
+            agent.stderr()
+        );
+        eprintln!("cold migration steps: {}", step_timings(&done));
+        assert_eq!(m.volumes.len(), 2);
+        // Bytes: each volume equals its source disk.
+        for (d, v) in src.disks.iter().zip(&m.volumes) {
+            assert_eq!(
+                sha256_prefix(&volume_file(v), d.capacity_bytes),
+                sha256_prefix(&flat_file(&d.datastore_path), d.capacity_bytes),
+                "volume {v} differs from {}",
+                d.datastore_path
+            );
+        }
+        rt.block_on(async {
+            let s = c.get_server(&m.server_id).await.unwrap();
+            assert_eq!(s.status, "ACTIVE");
+            let (_, ports) = leftovers(&c, &src.moref).await;
+            assert_eq!(ports.len(), src.nics.len(), "one port per NIC");
+            let net = c.find_network(&env("OSM_OS_NETWORK")).await.unwrap();
+            for nic in &src.nics {
+                let p = c
+                    .list_ports(&format!("mac_address={}", nic.mac.to_ascii_lowercase()))
+                    .await
+                    .unwrap();
+                assert_eq!(p.len(), 1, "a port with MAC {}", nic.mac);
+                assert_eq!(p[0].network_id, net.id);
+                assert_eq!(p[0].device_id, m.server_id, "the port is the server's");
+            }
+            let atts = c.server_attachments(&m.server_id).await.unwrap();
+            assert_eq!(atts.len(), 2, "both volumes belong to the server");
+            // Flavor: the smallest of the bed's that fits 2 vCPU / 2 GiB is osm.medium.
+            let f = s.metadata.get("osm_vm").cloned().unwrap_or_default();
+            assert_eq!(f, src.moref);
+            let host = env("OSM_CONVERSION_HOST_ID");
+            let here = c.server_attachments(&host).await.unwrap();
+            assert!(
+                !here.iter().any(|a| m.volumes.contains(&a.volume_id)),
+                "no volume stays attached to the conversion host"
+            );
+            let snaps = vm(&ep, "osm-linux-2disk").await.snapshots;
+            assert!(!snaps.list.iter().any(|s| s.osm), "no osm snapshot left: {snaps:?}");
+            assert_eq!(vm(&ep, "osm-linux-2disk").await.power_state, "poweredOff");
+        });
+    }));
+    rt.block_on(async {
+        remove_migrated(&c, &src.moref, &m.server_id).await;
+        restore_source(&ep, &src.moref).await;
+    });
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn guest_write(vm: &str, disk: i32, offset: u64, length: u64, seed: u64) {
+    let out = Command::new(env("OSM_VC_GUEST_WRITE"))
+        .args([
+            vm,
+            &disk.to_string(),
+            &offset.to_string(),
+            &length.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "guest-write: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_rounds(agent: &osm_integration_tests::agent::Agent, id: u64, rounds: u32) -> JobInfo {
+    wait_for(300, &format!("{rounds} delta round(s)"), || {
+        let j = agent.job(id);
+        assert!(!j.state.is_terminal(), "job ended: {} {}", j.state, j.error);
+        Some(j).filter(|j| {
+            j.migration.as_ref().is_some_and(|m| m.sync_rounds >= rounds) && j.step.contains("waiting for the cutover")
+        })
+    })
+}
+
+#[test]
+fn warm_migration_reads_exactly_the_written_areas_and_cuts_over_to_equal_bytes() {
+    let tmp = osm_integration_tests::scratch();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ep = vc_endpoint(tmp.path());
+    let name = "osm-cbt-1";
+    let agent = bed_agent(tmp.path(), "sync_interval_seconds = 3600\n");
+    let out = agent.osmctl(&["check", "--enable-cbt", name]);
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "check --enable-cbt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let src = rt.block_on(vm(&ep, name));
+    let plan = plan(
+        tmp.path(),
+        &[name],
+        "mode = \"warm\"\ncutover = \"manual\"\nskip_conversion = true",
+    );
+    let job = migrate(&agent, &plan);
+    let c = cloud();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let j = wait_for(600, "the full sync", || {
+            let j = agent.job(job.id);
+            assert!(
+                !j.state.is_terminal(),
+                "job ended: {} {}\n{}",
+                j.state,
+                j.error,
+                agent.stderr()
+            );
+            Some(j).filter(|j| j.step.contains("waiting for the cutover"))
+        });
+        assert_eq!(j.migration.as_ref().unwrap().sync_rounds, 0);
+        let key0 = src.disks[0].key;
+        let key1 = src.disks[1].key;
+        // Round 1: 3 areas on disk 0, 1 on disk 1.
+        guest_write(name, key0, 16 << 20, 64 << 10, 1);
+        guest_write(name, key0, 300 << 20, 1 << 20, 2);
+        guest_write(name, key0, (1 << 30) - (1 << 20), 1 << 20, 3);
+        guest_write(name, key1, 0, 512 << 10, 4);
+        let out = agent.osmctl(&["sync", name]);
+        assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+        let j = wait_rounds(&agent, job.id, 1);
+        let m = j.migration.unwrap();
+        assert_eq!(
+            m.last_round_bytes,
+            (64 << 10) + (1 << 20) + (1 << 20) + (512 << 10),
+            "round 1 reads exactly the written bytes"
+        );
+        assert!(m.predicted_downtime_seconds > 0.0);
+        // Round 2: one area.
+        guest_write(name, key0, 500 << 20, 4 << 20, 5);
+        let out = agent.osmctl(&["sync", &job.id.to_string()]);
+        assert!(out.status.success(), "sync: {}", String::from_utf8_lossy(&out.stderr));
+        let m = wait_rounds(&agent, job.id, 2).migration.unwrap();
+        assert_eq!(m.last_round_bytes, 4 << 20, "round 2 reads exactly the written bytes");
+        // More writes, then the cutover: the final volumes equal the source.
+        guest_write(name, key1, 32 << 20, 1 << 20, 6);
+        let out = agent.osmctl(&["cutover", name]);
+        assert!(
+            out.status.success(),
+            "cutover: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let done = agent.wait_job(job.id, 600);
+        assert_eq!(done.state, JobState::Succeeded, "{}\n{}", done.error, agent.stderr());
+        eprintln!("warm migration steps: {}", step_timings(&done));
+        let m = done.migration.unwrap();
+        assert_eq!(m.last_round_bytes, 1 << 20, "the final round reads the last write only");
+        for (d, v) in src.disks.iter().zip(&m.volumes) {
+            assert_eq!(
+                sha256_prefix(&volume_file(v), d.capacity_bytes),
+                sha256_prefix(&flat_file(&d.datastore_path), d.capacity_bytes),
+                "volume {v} differs from {}",
+                d.datastore_path
+            );
+        }
+        rt.block_on(async {
+            assert_eq!(c.get_server(&m.server_id).await.unwrap().status, "ACTIVE");
+            assert!(!vm(&ep, name).await.snapshots.list.iter().any(|s| s.osm));
+        });
+        m.server_id
+    }));
+    let server = result.as_ref().map(|s| s.clone()).unwrap_or_default();
+    let _ = agent.osmctl(&["cancel", &job.id.to_string()]);
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        remove_migrated(&c, &src.moref, &server).await;
+        restore_source(&ep, &src.moref).await;
+    });
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
