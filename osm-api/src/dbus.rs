@@ -32,6 +32,10 @@ pub trait Manager {
 
     fn list_jobs(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
 
+    /// One migration job per VM of the plan (`vms` empty: all); the jobs and the plan's
+    /// warnings. `plan` is the plan's text, `plan_path` where it came from.
+    fn migrate(&self, plan: &str, plan_path: &str, vms: &[&str]) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<String>)>;
+
     /// vCenter's VMs as a JSON list of `vsphere::VmInfo`; `folder` "" for everywhere.
     fn discover(&self, vms: &[&str], folder: &str) -> zbus::Result<String>;
 
@@ -48,6 +52,18 @@ pub trait Manager {
 )]
 pub trait Job {
     fn cancel(&self) -> zbus::Result<()>;
+
+    /// One more delta round of a warm migration now.
+    fn sync(&self) -> zbus::Result<()>;
+
+    /// Cut a warm migration over now (`at` "") or at `at` (RFC 3339).
+    fn cutover(&self, at: &str) -> zbus::Result<()>;
+
+    /// Remove what osm created for a failed or cancelled migration; `CleanupReport` JSON.
+    fn cleanup(&self) -> zbus::Result<String>;
+
+    /// The last `lines` lines of the job's log (0: the agent's default).
+    fn logs(&self, lines: u32) -> zbus::Result<String>;
 
     #[zbus(signal)]
     fn completed(&self, state: &str, error: &str) -> zbus::Result<()>;
@@ -78,4 +94,7 @@ pub trait Job {
     fn source(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn target(&self) -> zbus::Result<String>;
+    /// `MigrationInfo` as JSON; "" for copy jobs.
+    #[zbus(property)]
+    fn migration(&self) -> zbus::Result<String>;
 }

@@ -3,7 +3,7 @@
 //! group osm to methods; the agent checks the caller's credentials again.
 use std::collections::HashMap;
 
-use osm_api::{ApiError, CopyRequest, ErrorCode, Extent, JobInfo, BUS_NAME, ROOT_PATH};
+use osm_api::{ApiError, CopyRequest, ErrorCode, Extent, JobInfo, MigrateRequest, BUS_NAME, ROOT_PATH};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
@@ -147,6 +147,25 @@ impl Manager {
         Ok(serde_json::to_string(&v).expect("serializes"))
     }
 
+    /// Start one migration job per VM of a plan (its text; `plan_path` names it in
+    /// messages and picks the format: `*.yaml`/`*.yml` the seed's vars.yaml, else TOML);
+    /// `vms` empty means all of the plan's VMs. Returns the jobs and the plan's warnings.
+    #[zbus(out_args("jobs", "warnings"))]
+    async fn migrate(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        plan: String,
+        plan_path: String,
+        vms: Vec<String>,
+    ) -> Result<(Vec<OwnedObjectPath>, Vec<String>), DbusError> {
+        let who = caller(conn, &hdr).await?;
+        let reply = self
+            .engine
+            .start_migrate(&who, MigrateRequest { plan, plan_path, vms })?;
+        Ok((reply.jobs.iter().map(|j| path(j.id)).collect(), reply.warnings))
+    }
+
     async fn list_jobs(&self) -> Vec<OwnedObjectPath> {
         self.engine.list().iter().map(|j| path(j.id)).collect()
     }
@@ -157,9 +176,27 @@ impl Manager {
     }
 }
 
+/// A job object. Its report sits behind a plain mutex so the publisher updates it under
+/// the object server's *read* lock: a long method call (Cleanup) holds that read lock for
+/// its whole run, and a write lock would stall every job's updates behind it.
 struct Job {
-    info: JobInfo,
+    id: u64,
+    info: std::sync::Mutex<JobInfo>,
     engine: Engine,
+}
+
+impl Job {
+    fn new(info: JobInfo, engine: &Engine) -> Job {
+        Job {
+            id: info.id,
+            info: std::sync::Mutex::new(info),
+            engine: engine.clone(),
+        }
+    }
+
+    fn info(&self) -> std::sync::MutexGuard<'_, JobInfo> {
+        self.info.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[interface(name = "io.github.os_migrate.Agent1.Job")]
@@ -170,8 +207,55 @@ impl Job {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), DbusError> {
         let who = caller(conn, &hdr).await?;
-        self.engine.cancel(&who, self.info.id)?;
+        self.engine.cancel(&who, self.id)?;
         Ok(())
+    }
+
+    /// Run one more delta round of a warm migration now.
+    async fn sync(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), DbusError> {
+        let who = caller(conn, &hdr).await?;
+        self.engine.sync_now(&who, self.id)?;
+        Ok(())
+    }
+
+    /// Cut a warm migration over now (`at` "") or at `at` (RFC 3339).
+    async fn cutover(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        at: String,
+    ) -> Result<(), DbusError> {
+        let who = caller(conn, &hdr).await?;
+        let at = (!at.is_empty()).then_some(at);
+        self.engine.request_cutover(&who, self.id, at)?;
+        Ok(())
+    }
+
+    /// Remove what osm created for this failed or cancelled migration; the report as JSON
+    /// (`CleanupReport`, docs/api.md).
+    async fn cleanup(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, DbusError> {
+        let who = caller(conn, &hdr).await?;
+        let report = self.engine.cleanup(&who, self.id).await?;
+        Ok(serde_json::to_string(&report).expect("serializes"))
+    }
+
+    /// The last `lines` lines of the job's log (0: the agent's default, 200).
+    async fn logs(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        lines: u32,
+    ) -> Result<String, DbusError> {
+        let who = caller(conn, &hdr).await?;
+        Ok(self.engine.logs(&who, self.id, (lines > 0).then_some(lines))?)
     }
 
     /// Emitted once when the job reaches succeeded, failed or cancelled.
@@ -180,55 +264,64 @@ impl Job {
 
     #[zbus(property)]
     async fn id(&self) -> u64 {
-        self.info.id
+        self.id
     }
     #[zbus(property)]
     async fn kind(&self) -> String {
-        self.info.kind.clone()
+        self.info().kind.clone()
     }
     #[zbus(property)]
     async fn state(&self) -> String {
-        self.info.state.as_str().to_string()
+        self.info().state.as_str().to_string()
     }
     #[zbus(property)]
     async fn step(&self) -> String {
-        self.info.step.clone()
+        self.info().step.clone()
     }
     #[zbus(property)]
     async fn progress(&self) -> f64 {
-        self.info.progress
+        self.info().progress
     }
     #[zbus(property)]
     async fn bytes_done(&self) -> u64 {
-        self.info.bytes_done
+        self.info().bytes_done
     }
     #[zbus(property)]
     async fn bytes_total(&self) -> u64 {
-        self.info.bytes_total
+        self.info().bytes_total
     }
     #[zbus(property)]
     async fn bytes_read(&self) -> u64 {
-        self.info.bytes_read
+        self.info().bytes_read
     }
     #[zbus(property)]
     async fn bytes_written(&self) -> u64 {
-        self.info.bytes_written
+        self.info().bytes_written
     }
     #[zbus(property)]
     async fn rate(&self) -> u64 {
-        self.info.rate
+        self.info().rate
     }
     #[zbus(property)]
     async fn error(&self) -> String {
-        self.info.error.clone()
+        self.info().error.clone()
     }
     #[zbus(property)]
     async fn source(&self) -> String {
-        self.info.source.clone()
+        self.info().source.clone()
     }
     #[zbus(property)]
     async fn target(&self) -> String {
-        self.info.target.clone()
+        self.info().target.clone()
+    }
+    /// A migration job's report as JSON (`MigrationInfo`, docs/api.md); "" for copies.
+    #[zbus(property)]
+    async fn migration(&self) -> String {
+        self.info()
+            .migration
+            .as_ref()
+            .map(|m| serde_json::to_string(m).expect("serializes"))
+            .unwrap_or_default()
     }
 }
 
@@ -250,13 +343,7 @@ pub async fn connect(bus: &Bus, engine: &Engine) -> zbus::Result<Connection> {
         .await?;
     for info in engine.list() {
         conn.object_server()
-            .at(
-                osm_api::job_path(info.id),
-                Job {
-                    info,
-                    engine: engine.clone(),
-                },
-            )
+            .at(osm_api::job_path(info.id), Job::new(info, engine))
             .await?;
     }
     conn.request_name(BUS_NAME).await?;
@@ -282,22 +369,14 @@ async fn apply(conn: &Connection, engine: &Engine, ev: Event) -> zbus::Result<()
     let server = conn.object_server();
     match ev {
         Event::Added(info) => {
-            server
-                .at(
-                    osm_api::job_path(info.id),
-                    Job {
-                        info,
-                        engine: engine.clone(),
-                    },
-                )
-                .await?;
+            server.at(osm_api::job_path(info.id), Job::new(info, engine)).await?;
         }
         Event::Changed(info) => {
             let iface = server.interface::<_, Job>(osm_api::job_path(info.id)).await?;
-            let mut job = iface.get_mut().await;
-            let old = std::mem::replace(&mut job.info, info);
+            let job = iface.get().await;
+            let old = std::mem::replace(&mut *job.info(), info.clone());
             let em = iface.signal_emitter();
-            let new = &job.info;
+            let new = &info;
             if old.state != new.state {
                 job.state_changed(em).await?;
             }
@@ -316,6 +395,9 @@ async fn apply(conn: &Connection, engine: &Engine, ev: Event) -> zbus::Result<()
             }
             if old.rate != new.rate {
                 job.rate_changed(em).await?;
+            }
+            if old.migration != new.migration {
+                job.migration_changed(em).await?;
             }
         }
         Event::Completed(info) => {
