@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context};
 use osm_api::vsphere::{CheckReport, VmInfo};
-use osm_api::{ApiError, CopyRequest, ErrorCode, JobInfo, JobProxy, JobState, ManagerProxy, Reply, Request};
+use osm_api::{
+    ApiError, CleanupReport, CopyRequest, ErrorCode, JobInfo, JobProxy, JobState, ManagerProxy, MigrateReply,
+    MigrateRequest, Reply, Request,
+};
 use zbus::zvariant::Value;
 
 pub enum Client {
@@ -128,12 +131,82 @@ impl Client {
     pub async fn cancel(&mut self, id: u64) -> anyhow::Result<()> {
         match self {
             Client::Socket { .. } => self.call(&Request::Cancel { id }).map(drop),
+            Client::DBus(_) => self.job_proxy(id).await?.cancel().await.map_err(dbus_err),
+        }
+    }
+
+    /// The Job object of an existing job (a clear "no job N" otherwise).
+    async fn job_proxy(&mut self, id: u64) -> anyhow::Result<JobProxy<'static>> {
+        let Client::DBus(conn) = self else {
+            unreachable!("D-Bus only")
+        };
+        let conn = conn.clone();
+        self.get(id).await?;
+        Ok(JobProxy::builder(&conn)
+            .path(osm_api::job_path(id))?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?)
+    }
+}
+
+/// Migrations.
+impl Client {
+    pub async fn migrate(&mut self, req: MigrateRequest) -> anyhow::Result<MigrateReply> {
+        match self {
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::Migrate(req))?)?),
             Client::DBus(conn) => {
                 let conn = conn.clone();
-                self.get(id).await?;
-                let j = JobProxy::builder(&conn).path(osm_api::job_path(id))?.build().await?;
-                j.cancel().await.map_err(dbus_err)
+                let m = ManagerProxy::new(&conn).await?;
+                let vms: Vec<&str> = req.vms.iter().map(String::as_str).collect();
+                let (paths, warnings) = m.migrate(&req.plan, &req.plan_path, &vms).await.map_err(dbus_err)?;
+                let mut jobs = Vec::new();
+                for p in paths {
+                    jobs.push(job_from_dbus(&conn, p.as_str()).await?);
+                }
+                Ok(MigrateReply { jobs, warnings })
             }
+        }
+    }
+
+    pub async fn sync(&mut self, id: u64) -> anyhow::Result<JobInfo> {
+        match self {
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::Sync { id })?)?),
+            Client::DBus(_) => {
+                self.job_proxy(id).await?.sync().await.map_err(dbus_err)?;
+                self.get(id).await
+            }
+        }
+    }
+
+    pub async fn cutover(&mut self, id: u64, at: Option<String>) -> anyhow::Result<JobInfo> {
+        match self {
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::Cutover { id, at })?)?),
+            Client::DBus(_) => {
+                let j = self.job_proxy(id).await?;
+                j.cutover(at.as_deref().unwrap_or("")).await.map_err(dbus_err)?;
+                self.get(id).await
+            }
+        }
+    }
+
+    pub async fn cleanup(&mut self, id: u64) -> anyhow::Result<CleanupReport> {
+        match self {
+            Client::Socket { .. } => Ok(serde_json::from_value(self.call(&Request::Cleanup { id })?)?),
+            Client::DBus(_) => {
+                let json = self.job_proxy(id).await?.cleanup().await.map_err(dbus_err)?;
+                Ok(serde_json::from_str(&json).context("the agent sent a malformed cleanup report")?)
+            }
+        }
+    }
+
+    /// The last `lines` lines of a job's log.
+    pub async fn logs(&mut self, id: u64, lines: u32) -> anyhow::Result<String> {
+        match self {
+            Client::Socket { .. } => Ok(serde_json::from_value(
+                self.call(&Request::Logs { id, lines: Some(lines) })?,
+            )?),
+            Client::DBus(_) => Ok(self.job_proxy(id).await?.logs(lines).await.map_err(dbus_err)?),
         }
     }
 }
@@ -173,7 +246,18 @@ async fn job_from_dbus(conn: &zbus::Connection, path: &str) -> anyhow::Result<Jo
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
         .await?;
-    let state = j.state().await?;
+    // A job just started is exported by the agent a moment after the call returns.
+    let mut tries = 0;
+    let state = loop {
+        match j.state().await {
+            Err(e) if tries < 50 && not_exported_yet(&e) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            r => break r?,
+        }
+    };
+    let migration = j.migration().await?;
     Ok(JobInfo {
         id: j.id().await?,
         kind: j.kind().await?,
@@ -188,8 +272,27 @@ async fn job_from_dbus(conn: &zbus::Connection, path: &str) -> anyhow::Result<Jo
         error: j.error().await?,
         source: j.source().await?,
         target: j.target().await?,
-        migration: None,
+        migration: if migration.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&migration).context("the agent sent a malformed Migration property")?)
+        },
     })
+}
+
+fn not_exported_yet(e: &zbus::Error) -> bool {
+    const NAMES: [&str; 2] = [
+        "org.freedesktop.DBus.Error.UnknownObject",
+        "org.freedesktop.DBus.Error.UnknownInterface",
+    ];
+    match e {
+        zbus::Error::FDO(e) => matches!(
+            **e,
+            zbus::fdo::Error::UnknownObject(_) | zbus::fdo::Error::UnknownInterface(_)
+        ),
+        zbus::Error::MethodError(name, _, _) => NAMES.contains(&name.as_str()),
+        _ => false,
+    }
 }
 
 /// A D-Bus error named io.github.os_migrate.Agent1.Error.X becomes the ApiError with code X.

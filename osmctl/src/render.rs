@@ -1,6 +1,6 @@
 //! Human output: job tables, sizes, and the live progress line of `watch`.
 use osm_api::vsphere::{CheckReport, CheckStatus, VmInfo};
-use osm_api::JobInfo;
+use osm_api::{CleanupReport, JobInfo, MigrationInfo};
 
 pub fn size(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -17,17 +17,140 @@ pub fn size(b: u64) -> String {
     }
 }
 
+/// Seconds as `42 s`, `3m05s`, `1h02m`; `-` for nothing (0 or less).
+pub fn duration(s: f64) -> String {
+    if s.is_nan() || s <= 0.0 {
+        return "-".into();
+    }
+    let t = s.round() as u64;
+    match t {
+        0..=99 => format!("{t} s"),
+        100..=3599 => format!("{}m{:02}s", t / 60, t % 60),
+        _ => format!("{}h{:02}m", t / 3600, (t % 3600) / 60),
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn detail(j: &JobInfo) -> &str {
+    if j.error.is_empty() {
+        &j.step
+    } else {
+        &j.error
+    }
+}
+
+/// Jobs as tables: copies as before, migrations in their own table (VM, mode, rounds,
+/// predicted downtime, cutover). No jobs at all: the copy table's header.
 pub fn table(jobs: &[JobInfo]) -> String {
+    let (migrations, copies): (Vec<&JobInfo>, Vec<&JobInfo>) = jobs.iter().partition(|j| j.migration.is_some());
+    let mut out = String::new();
+    if !copies.is_empty() || migrations.is_empty() {
+        out += &copy_table(&copies);
+    }
+    if !migrations.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out += &migration_table(&migrations);
+    }
+    out
+}
+
+fn migration_table(jobs: &[&JobInfo]) -> String {
+    let vm_w = jobs
+        .iter()
+        .filter_map(|j| j.migration.as_ref().map(|m| m.vm.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .clamp(2, 32);
+    let mut out = format!(
+        "{:>4}  {:<vm_w$}  {:<4}  {:<10}  {:>6}  {:>6}  {:>8}  {:<20}  {}\n",
+        "ID", "VM", "MODE", "STATE", "DONE", "ROUNDS", "DOWNTIME", "CUTOVER", "STEP / ERROR"
+    );
+    for j in jobs {
+        let m = j.migration.clone().unwrap_or_default();
+        out += &format!(
+            "{:>4}  {:<vm_w$}  {:<4}  {:<10}  {:>5.1}%  {:>6}  {:>8}  {:<20}  {}\n",
+            j.id,
+            m.vm,
+            or_dash(&m.mode),
+            j.state.as_str(),
+            100.0 * j.progress,
+            m.sync_rounds,
+            duration(m.predicted_downtime_seconds),
+            or_dash(&m.cutover),
+            detail(j)
+        );
+    }
+    out
+}
+
+/// One migration job in full: its table row, then volumes, server, last round and step times.
+pub fn migration_detail(j: &JobInfo, m: &MigrationInfo) -> String {
+    let mut out = migration_table(&[j]);
+    if j.bytes_total > 0 {
+        out += &format!(
+            "  copied:      {}/{} at {}/s\n",
+            size(j.bytes_done),
+            size(j.bytes_total),
+            size(j.rate)
+        );
+    }
+    if m.last_round_seconds > 0.0 || m.last_round_bytes > 0 {
+        out += &format!(
+            "  last round:  {} in {}\n",
+            size(m.last_round_bytes),
+            duration(m.last_round_seconds)
+        );
+    }
+    if !m.volumes.is_empty() {
+        out += &format!("  volumes:     {}\n", m.volumes.join(", "));
+    }
+    if !m.server_id.is_empty() {
+        out += &format!("  server:      {}\n", m.server_id);
+    }
+    if !m.steps.is_empty() {
+        let steps: Vec<String> = m
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.step, duration(s.seconds)))
+            .collect();
+        out += &format!("  steps:       {}\n", steps.join(", "));
+    }
+    out
+}
+
+/// What `cleanup` did for one job.
+pub fn cleanup(r: &CleanupReport) -> String {
+    let mut out = format!(
+        "job {} ({}): {} removed, {} failed\n",
+        r.job,
+        r.vm,
+        r.removed.len(),
+        r.failed.len()
+    );
+    for x in &r.removed {
+        out += &format!("  removed  {x}\n");
+    }
+    for x in &r.failed {
+        out += &format!("  FAILED   {x}\n");
+    }
+    out
+}
+
+fn copy_table(jobs: &[&JobInfo]) -> String {
     let mut out = format!(
         "{:>4}  {:<5}  {:<10}  {:>6}  {:>21}  {:>11}  {}\n",
         "ID", "KIND", "STATE", "DONE", "BYTES", "RATE", "STEP / ERROR"
     );
     for j in jobs {
-        let detail = if j.error.is_empty() {
-            j.step.clone()
-        } else {
-            j.error.clone()
-        };
         out += &format!(
             "{:>4}  {:<5}  {:<10}  {:>5.1}%  {:>21}  {:>11}  {}\n",
             j.id,
@@ -36,14 +159,30 @@ pub fn table(jobs: &[JobInfo]) -> String {
             100.0 * j.progress,
             format!("{}/{}", size(j.bytes_done), size(j.bytes_total)),
             format!("{}/s", size(j.rate)),
-            detail
+            detail(j)
         );
     }
     out
 }
 
-/// One line: bar, percentage, bytes, rate, ETA.
+/// One line: bar, percentage, bytes, rate, ETA; for a migration also the VM, mode,
+/// rounds, predicted downtime and cutover.
 pub fn progress_line(j: &JobInfo) -> String {
+    let line = copy_progress_line(j);
+    let Some(m) = &j.migration else { return line };
+    let mut extra = vec![format!("{} rounds", m.sync_rounds)];
+    if m.predicted_downtime_seconds > 0.0 {
+        extra.push(format!("downtime ~{}", duration(m.predicted_downtime_seconds)));
+    }
+    if !m.cutover.is_empty() {
+        extra.push(format!("cutover {}", m.cutover));
+    }
+    let head = format!("job {} ", j.id);
+    let rest = line.strip_prefix(&head).unwrap_or(&line);
+    format!("{head}{} ({}) {rest} | {}", m.vm, or_dash(&m.mode), extra.join(", "))
+}
+
+fn copy_progress_line(j: &JobInfo) -> String {
     let width = 30;
     let filled = ((j.progress.clamp(0.0, 1.0)) * width as f64).round() as usize;
     let eta = if j.rate > 0 && j.bytes_total > j.bytes_done {
@@ -140,6 +279,65 @@ pub fn checks(reports: &[CheckReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(id: u64, migration: Option<MigrationInfo>) -> JobInfo {
+        JobInfo {
+            id,
+            kind: if migration.is_some() { "migrate" } else { "copy" }.into(),
+            state: osm_api::JobState::Running,
+            step: "copying".into(),
+            progress: 0.5,
+            bytes_done: 1 << 30,
+            bytes_total: 2 << 30,
+            bytes_read: 0,
+            bytes_written: 0,
+            rate: 1 << 20,
+            error: String::new(),
+            source: "s".into(),
+            target: "t".into(),
+            migration,
+        }
+    }
+
+    #[test]
+    fn migrations_get_their_own_table() {
+        let m = MigrationInfo {
+            vm: "web-1".into(),
+            mode: "warm".into(),
+            sync_rounds: 3,
+            predicted_downtime_seconds: 125.0,
+            cutover: "manual".into(),
+            ..Default::default()
+        };
+        let t = table(&[job(1, None), job(2, Some(m))]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("KIND") && lines[1].contains("copy"), "{t}");
+        assert_eq!(lines[2], "");
+        assert!(lines[3].contains("VM") && lines[3].contains("DOWNTIME"), "{t}");
+        for want in ["web-1", "warm", "50.0%", " 3 ", "2m05s", "manual", "copying"] {
+            assert!(lines[4].contains(want), "{want} in {t}");
+        }
+        assert!(!table(&[job(3, None)]).contains("DOWNTIME"));
+        assert!(table(&[]).contains("KIND"));
+        let p = progress_line(&job(2, table_vm()));
+        assert!(p.starts_with("job 2 db (cold) copying"), "{p}");
+    }
+
+    fn table_vm() -> Option<MigrationInfo> {
+        Some(MigrationInfo {
+            vm: "db".into(),
+            mode: "cold".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(0.0), "-");
+        assert_eq!(duration(42.4), "42 s");
+        assert_eq!(duration(185.0), "3m05s");
+        assert_eq!(duration(3720.0), "1h02m");
+    }
 
     #[test]
     fn sizes_are_binary_units() {

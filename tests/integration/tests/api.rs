@@ -164,3 +164,152 @@ fn unknown_config_keys_are_refused_with_file_and_key() {
     assert!(!out.status.success());
     assert!(err.contains("bad.toml") && err.contains("state_dri"), "{err}");
 }
+
+/// A plan that parses and validates; nothing in it is contacted unless a job starts.
+const PLAN: &str = "vms = [\"web-1\"]\n[source]\nvcenter = \"vcenter.invalid\"\nuser = \"osm\"\npassword = { file = \"/etc/osm/vcenter.password\" }\n";
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn migrate_refuses_unreadable_and_malformed_plans_unknown_vms_and_non_admins() {
+    let tmp = osm_integration_tests::scratch();
+    open_up(tmp.path());
+    let agent = Agent::start(tmp.path(), Options::default());
+
+    let missing = tmp.path().join("missing.toml");
+    let out = agent.osmctl(&["migrate", "--plan", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot read plan") && err.contains("missing.toml"),
+        "{err}"
+    );
+
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, format!("mdoe = \"warm\"\n{PLAN}")).unwrap();
+    let out = agent.osmctl(&["migrate", "--plan", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(bad.to_str().unwrap()) && err.contains("mdoe"), "{err}");
+
+    let yaml = tmp.path().join("vars.yaml");
+    std::fs::write(&yaml, "vms_list: [web-1\n").unwrap();
+    let out = agent.osmctl(&["migrate", "--plan", yaml.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("vars.yaml"), "{}", stderr(&out));
+
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, PLAN).unwrap();
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = agent.osmctl(&["migrate", "--plan", good.to_str().unwrap(), "nosuchvm"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("'nosuchvm' is not in plan") && err.contains("web-1"),
+        "{err}"
+    );
+
+    let out = agent.osmctl_as_nobody(&["migrate", "--plan", good.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("needs root or membership of group 'osm'"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Nothing was started by any of these.
+    let out = agent.osmctl(&["--output", "json", "status"]);
+    let jobs: Vec<osm_api::JobInfo> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(jobs.is_empty(), "{jobs:?}");
+
+    // A VM name with no migration job behind it.
+    for cmd in [
+        &["sync", "web-1"][..],
+        &["cutover", "web-1"],
+        &["logs", "web-1"],
+        &["cancel", "web-1"],
+    ] {
+        let out = agent.osmctl(cmd);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("there are no migration jobs"),
+            "{cmd:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = agent.osmctl(&["cleanup", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing to clean up"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_copy_jobs_log_is_its_own_0600_file_and_migration_commands_refuse_copies() {
+    let tmp = osm_integration_tests::scratch();
+    open_up(tmp.path());
+    let agent = Agent::start(tmp.path(), Options::default());
+    let src = tmp.path().join("src");
+    disk::image(&src, 8 * MIB, &[(0, MIB)], 5);
+    let mut ids = Vec::new();
+    for out in ["a", "b"] {
+        let job = agent.copy(&[
+            "--from",
+            &format!("file:{}", src.display()),
+            "--to",
+            tmp.path().join(out).to_str().unwrap(),
+        ]);
+        assert_eq!(agent.wait_job(job.id, 60).state, JobState::Succeeded);
+        ids.push(job.id.to_string());
+    }
+
+    let log = tmp.path().join(format!("log/job-{}.log", ids[0]));
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("log")).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let out = agent.osmctl(&["logs", &ids[0]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("copy complete"), "{text}");
+    assert!(text.contains(&format!("job {} succeeded", ids[0])), "{text}");
+    assert!(
+        !text.contains(&format!("job {} ", ids[1])),
+        "only job {}'s lines: {text}",
+        ids[0]
+    );
+    for line in text.lines().filter(|l| !l.starts_with("    ")) {
+        assert!(
+            line.as_bytes().get(4) == Some(&b'-') && line.contains("Z "),
+            "timestamped: {line}"
+        );
+    }
+    let out = agent.osmctl(&["logs", "-n", "1", &ids[0]]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    // --follow of a finished job prints its lines and returns.
+    let out = agent.osmctl(&["logs", "--follow", &ids[0]]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    // Logs name hosts and volumes: not for everyone.
+    let out = agent.osmctl_as_nobody(&["logs", &ids[0]]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
+
+    for cmd in [
+        &["sync", &ids[0]][..],
+        &["cutover", &ids[0]],
+        &["cutover", &ids[0], "--at", "2030-01-01T00:00:00Z"],
+        &["cleanup", &ids[0]],
+    ] {
+        let out = agent.osmctl(cmd);
+        assert!(!out.status.success(), "{cmd:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("job {} is a copy, not a migration", ids[0])),
+            "{cmd:?}: {err}"
+        );
+    }
+    let out = agent.osmctl(&["logs", "999"]);
+    assert!(!out.status.success());
+}

@@ -182,3 +182,92 @@ fn interface_block(xml: &str, name: &str) -> String {
     let end = start + xml[start..].find("</interface>").unwrap() + "</interface>".len();
     xml[start..end].lines().map(|l| format!("  {}\n", l.trim())).collect()
 }
+
+/// Migration calls over D-Bus (no vSphere here: what can be checked without one): a bad
+/// plan is InvalidArgument, copies refuse Sync/Cutover/Cleanup, Logs reads the job's
+/// file, Migration is "" for a copy; osmctl --dbus does the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_calls_over_dbus() {
+    let tmp = osm_integration_tests::scratch();
+    let (bus, agent) = start(tmp.path());
+    let src = tmp.path().join("src");
+    disk::image(&src, 4 * MIB, &[(0, MIB)], 4);
+    let job = agent.copy(&[
+        "--from",
+        &format!("file:{}", src.display()),
+        "--to",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    agent.wait_job(job.id, 60);
+
+    let conn = connect(&bus.address).await;
+    let manager = ManagerProxy::new(&conn).await.unwrap();
+    let err = manager
+        .migrate("vms = [\"a\"]\nmdoe = 1\n", "/etc/osm/plans.d/p.toml", &[])
+        .await
+        .unwrap_err();
+    let zbus::Error::MethodError(name, msg, _) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(name.as_str(), "io.github.os_migrate.Agent1.Error.InvalidArgument");
+    let msg = msg.clone().unwrap_or_default();
+    assert!(msg.contains("/etc/osm/plans.d/p.toml") && msg.contains("mdoe"), "{msg}");
+
+    let j = JobProxy::builder(&conn)
+        .path(osm_api::job_path(job.id))
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(j.migration().await.unwrap(), "");
+    for err in [
+        j.sync().await.unwrap_err(),
+        j.cutover("").await.unwrap_err(),
+        j.cleanup().await.map(drop).unwrap_err(),
+    ] {
+        let zbus::Error::MethodError(name, msg, _) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(name.as_str(), "io.github.os_migrate.Agent1.Error.InvalidArgument");
+        assert!(
+            msg.as_deref().unwrap_or("").contains("is a copy, not a migration"),
+            "{msg:?}"
+        );
+    }
+    let logs = j.logs(0).await.unwrap();
+    assert!(logs.contains("copy complete"), "{logs}");
+    assert_eq!(j.logs(1).await.unwrap().lines().count(), 1);
+
+    let id = job.id.to_string();
+    let out = agent.osmctl(&["--dbus", "logs", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copy complete"));
+    let out = agent.osmctl(&["--dbus", "cutover", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a copy, not a migration"));
+    let out = agent.osmctl(&["--dbus", "sync", "42"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no job 42"));
+    let plan = tmp.path().join("bad.toml");
+    std::fs::write(&plan, "vms = [\"a\"]\nmdoe = 1\n").unwrap();
+    let out = agent.osmctl(&["--dbus", "migrate", "--plan", plan.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("mdoe"), "{err}");
+    let st = agent.osmctl(&["--dbus", "--output", "json", "status", &id]);
+    assert!(!String::from_utf8_lossy(&st.stdout).contains("migration"));
+}
+
+#[test]
+fn the_bus_policy_refuses_migration_calls_from_others() {
+    let tmp = osm_integration_tests::scratch();
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (_bus, agent) = start(tmp.path());
+    let plan = tmp.path().join("p.toml");
+    std::fs::write(&plan, "vms = [\"a\"]\n").unwrap();
+    std::fs::set_permissions(&plan, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = agent.osmctl_as_nobody(&["--dbus", "migrate", "--plan", plan.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("D-Bus policy refused"), "{err}");
+}
