@@ -70,14 +70,20 @@ fn migration_table(jobs: &[&JobInfo]) -> String {
         .max()
         .unwrap_or(0)
         .clamp(2, 32);
+    let cut_w = jobs
+        .iter()
+        .filter_map(|j| j.migration.as_ref().map(|m| m.cutover.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .clamp(7, 40);
     let mut out = format!(
-        "{:>4}  {:<vm_w$}  {:<4}  {:<10}  {:>6}  {:>6}  {:>8}  {:<20}  {}\n",
+        "{:>4}  {:<vm_w$}  {:<4}  {:<10}  {:>6}  {:>6}  {:>8}  {:<cut_w$}  {}\n",
         "ID", "VM", "MODE", "STATE", "DONE", "ROUNDS", "DOWNTIME", "CUTOVER", "STEP / ERROR"
     );
     for j in jobs {
         let m = j.migration.clone().unwrap_or_default();
         out += &format!(
-            "{:>4}  {:<vm_w$}  {:<4}  {:<10}  {:>5.1}%  {:>6}  {:>8}  {:<20}  {}\n",
+            "{:>4}  {:<vm_w$}  {:<4}  {:<10}  {:>5.1}%  {:>6}  {:>8}  {:<cut_w$}  {}\n",
             j.id,
             m.vm,
             or_dash(&m.mode),
