@@ -350,14 +350,37 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
     ctx.engine.set_step(ctx.id, p.as_str());
     let t = Instant::now();
     let names = vec![ctx.job.vm.clone()];
+    let warm = ctx.job.plan.mode == Mode::Warm;
+    let phase_before = ctx.phase();
     let (vm, report, thumbprint) = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
-        let vm = vsphere::inventory::select(vsphere::inventory::discover(c).await?, &names, None)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| vsphere::Error::VmNotFound(names[0].clone()))?;
-        let removed = c.remove_osm_snapshots(&vm_ref(&vm.moref)).await?;
+        let find = async || {
+            vsphere::inventory::select(vsphere::inventory::discover(c).await?, &names, None)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| vsphere::Error::VmNotFound(names[0].clone()))
+        };
+        let mut vm = find().await?;
+        let r = vm_ref(&vm.moref);
+        let removed = c.remove_osm_snapshots(&r).await?;
         if !removed.is_empty() {
             tracing::info!("removed {} osm snapshot(s) left by an interrupted run", removed.len());
+        }
+        // A warm migration needs CBT: turn it on (a snapshot cycle makes it effective).
+        let untracked = |vm: &osm_api::vsphere::VmInfo| {
+            !vm.cbt_enabled
+                || vm
+                    .disks
+                    .iter()
+                    .any(|d| !d.independent && !d.rdm && d.change_id.is_none())
+        };
+        if warm && phase_before < Phase::Cutover && untracked(&vm) {
+            if !vm.cbt_enabled {
+                c.set_change_tracking(&r, true).await?;
+            }
+            let s = c.create_sync_snapshot(&r, "cbt-enable", false).await?;
+            c.remove_snapshot(&s.snapshot).await?;
+            tracing::info!("changed block tracking turned on for '{}' (warm migration)", vm.name);
+            vm = find().await?;
         }
         let report = vsphere::check::check_vm(c, &vm, Duration::from_secs(5)).await?;
         Ok((vm, report, c.thumbprint_sha1().unwrap_or_default()))
@@ -447,6 +470,7 @@ async fn host_server_id(ctx: &Ctx) -> Result<String, String> {
 /// Delta rounds until the cutover is due.
 async fn warm_loop(ctx: &Ctx) -> Result<(), JobError> {
     let interval = ctx.engine.settings().migration.sync_interval;
+    ctx.engine.set_step(ctx.id, "warm sync: waiting for the cutover");
     loop {
         ctx.stopped()?;
         if let Some(req) = ctx.controls.cutover.lock().expect("cutover").take() {

@@ -224,14 +224,12 @@ pub async fn boot(ctx: &Ctx) -> Result<(), JobError> {
         volume_id: boot_volume.clone(),
         boot_index: Some(0),
     }];
-    let mut next = 1;
-    for (i, d) in st.disks.iter().enumerate().filter(|(i, _)| *i != root) {
-        let _ = i;
+    let others = st.disks.iter().enumerate().filter(|(i, _)| *i != root).map(|(_, d)| d);
+    for (next, d) in (1..).zip(others) {
         volumes.push(BootVolume {
             volume_id: d.volume_id.clone(),
             boot_index: Some(next),
         });
-        next += 1;
     }
     let mut metadata = tags(&vm.moref);
     metadata.insert("osm_source_vm".into(), vm.name.chars().take(255).collect());
