@@ -306,6 +306,15 @@ pub async fn sync_round(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
         "{} round: {read} bytes read in {copy_secs:.1} s (+{snap_secs:.1} s snapshot work)",
         phase.as_str()
     );
+    // The volumes carry their changeIds too: what they hold survives a lost job store.
+    for d in ctx.snapshot_state().disks {
+        if let Some(cid) = d.synced_change_id {
+            let md: Metadata = [("osm_change_id".to_string(), cid)].into();
+            if let Err(e) = ctx.os.merge_volume_metadata(&d.volume_id, &md).await {
+                tracing::warn!("volume {}: recording its changeId in its metadata: {e}", d.volume_id);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -327,6 +336,8 @@ async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobE
     let limit = Arc::new(tokio::sync::Semaphore::new(
         ctx.engine.settings().migration.parallel_disks,
     ));
+    let host = st.vm.as_ref().map(|v| v.host.name.clone()).unwrap_or_default();
+    let host_limit = host_readers(&host, ctx.engine.settings().migration.readers_per_host);
     let nbdkit = ctx.engine.nbdkit().cloned();
     let source = ctx.source();
     let mut tasks = tokio::task::JoinSet::new();
@@ -335,7 +346,7 @@ async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobE
         let program = nbdkit
             .clone()
             .ok_or_else(|| fail(phase, "nbdkit is not installed (package nbdkit)"))?;
-        let limit = limit.clone();
+        let (limit, host_limit) = (limit.clone(), host_limit.clone());
         let state = ctx.state.clone();
         let store_job = (ctx.engine.clone(), ctx.id);
         let stop = ctx.stop.clone();
@@ -349,6 +360,7 @@ async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobE
         let span = tracing::Span::current();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
+            let _host_permit = host_limit.acquire_owned().await;
             tokio::task::spawn_blocking(move || {
                 let _e = span.enter();
                 copy_one(
@@ -381,6 +393,19 @@ async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobE
         return Err(fail(phase, failures.join("; ")));
     }
     Ok(per_disk.iter().map(|c| c.bytes_read.load(Ordering::Relaxed)).sum())
+}
+
+/// The readers allowed at once on one ESXi host, shared by every migration.
+fn host_readers(host: &str, per_host: usize) -> Arc<tokio::sync::Semaphore> {
+    type Hosts = std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>;
+    static HOSTS: std::sync::OnceLock<Hosts> = std::sync::OnceLock::new();
+    HOSTS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("hosts")
+        .entry(host.to_string())
+        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per_host.max(1))))
+        .clone()
 }
 
 fn sum_counters(total: &Counters, parts: &[Arc<Counters>]) {

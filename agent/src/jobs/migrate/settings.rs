@@ -11,6 +11,7 @@ pub struct MigrationFragment {
     transport: Option<Transport>,
     max_concurrent: Option<usize>,
     parallel_disks: Option<usize>,
+    readers_per_host: Option<usize>,
     sync_interval_seconds: Option<u64>,
     shutdown_timeout_seconds: Option<u64>,
 }
@@ -23,6 +24,9 @@ pub struct MigrationSettings {
     pub max_concurrent: usize,
     /// Disks of one VM copied at once.
     pub parallel_disks: usize,
+    /// Disks read at once from one ESXi host, over all migrations (NFC connections are
+    /// a limited resource of the host).
+    pub readers_per_host: usize,
     /// Time between automatic delta rounds of a warm migration.
     pub sync_interval: Duration,
     /// How long the guest may take to shut down before it is powered off.
@@ -50,6 +54,7 @@ impl Default for MigrationSettings {
             transport: Transport::Vddk,
             max_concurrent: default_concurrency(),
             parallel_disks: 4,
+            readers_per_host: 8,
             sync_interval: Duration::from_secs(1800),
             shutdown_timeout: Duration::from_secs(300),
         }
@@ -66,6 +71,9 @@ impl MigrationSettings {
         }
         if let Some(n) = f.parallel_disks {
             self.parallel_disks = n.clamp(1, 16);
+        }
+        if let Some(n) = f.readers_per_host {
+            self.readers_per_host = n.clamp(1, 64);
         }
         if let Some(s) = f.sync_interval_seconds {
             self.sync_interval = Duration::from_secs(s.max(1));
