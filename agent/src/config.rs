@@ -15,6 +15,7 @@ struct Fragment {
     copy: Option<CopyFragment>,
     openstack: Option<crate::cloud::openstack::OpenStackFragment>,
     vsphere: Option<VsphereFragment>,
+    conversion: Option<ConversionFragment>,
     migration: Option<crate::jobs::migrate::settings::MigrationFragment>,
 }
 
@@ -55,6 +56,17 @@ struct CopyFragment {
     checkpoint_seconds: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConversionFragment {
+    program: Option<String>,
+    timeout_minutes: Option<u64>,
+    virtio_win: Option<PathBuf>,
+    force_tcg: Option<bool>,
+    debug: Option<bool>,
+    cache_dir: Option<PathBuf>,
+}
+
 /// Which D-Bus to serve on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bus {
@@ -85,12 +97,17 @@ pub struct Settings {
     pub openstack: crate::cloud::openstack::OpenStackSettings,
     /// vCenter (section `[vsphere]`); None when not configured.
     pub vsphere: Option<crate::cloud::vsphere::Endpoint>,
+    /// virt-v2v-in-place (section `[conversion]`).
+    pub conversion: ConversionSettings,
     /// Section `[migration]`.
     pub migration: crate::jobs::migrate::settings::MigrationSettings,
 }
 
 /// Tuning of the copy engine (section `[copy]`).
 pub use crate::nbd::copy::Tuning as CopySettings;
+
+/// virt-v2v-in-place (section `[conversion]`).
+pub use crate::exec::virt_v2v::ConversionSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -169,6 +186,9 @@ impl Settings {
                     };
                 }
             }
+            if let Some(c) = f.conversion {
+                apply_conversion(&mut s.conversion, c)?;
+            }
             if let Some(o) = f.openstack {
                 s.openstack.apply(o);
             }
@@ -233,6 +253,7 @@ impl Settings {
             },
             openstack: Default::default(),
             vsphere: None,
+            conversion: ConversionSettings::default(),
             migration: Default::default(),
         }
     }
@@ -242,6 +263,29 @@ fn set_opt<T>(slot: &mut Option<T>, v: Option<T>) {
     if v.is_some() {
         *slot = v;
     }
+}
+
+/// `[conversion]` over the defaults; `virtio_win = ""` means none.
+fn apply_conversion(s: &mut ConversionSettings, c: ConversionFragment) -> Result<(), ConfigError> {
+    set(&mut s.program, c.program);
+    if let Some(m) = c.timeout_minutes {
+        if m == 0 {
+            return Err(ConfigError::Invalid {
+                path: "config".into(),
+                key: "conversion.timeout_minutes",
+                value: m.to_string(),
+                why: "must be at least 1",
+            });
+        }
+        s.timeout = Duration::from_secs(m.saturating_mul(60));
+    }
+    if let Some(v) = c.virtio_win {
+        s.virtio_win = (!v.as_os_str().is_empty()).then_some(v);
+    }
+    set(&mut s.force_tcg, c.force_tcg);
+    set(&mut s.debug, c.debug);
+    set(&mut s.cache_dir, c.cache_dir);
+    Ok(())
 }
 
 /// `[vsphere]` → the endpoint: https URL, user, password file, and one way to trust it.
@@ -386,5 +430,38 @@ mod tests {
             Trust::System
         );
         assert!(Settings::load(&[], None).unwrap().vsphere.is_none());
+    }
+
+    #[test]
+    fn conversion_section_defaults_and_overrides() {
+        let d = Settings::defaults().conversion;
+        assert_eq!(d.program, "virt-v2v-in-place");
+        assert_eq!(d.timeout, Duration::from_secs(120 * 60));
+        assert!(!d.force_tcg && !d.debug);
+        assert_eq!(
+            d.virtio_win.is_some(),
+            Path::new(crate::exec::virt_v2v::DEFAULT_VIRTIO_WIN).exists()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[conversion]\nprogram = \"/opt/v2v\"\ntimeout_minutes = 5\nvirtio_win = \"/srv/virtio-win.iso\"\nforce_tcg = true\ndebug = true\ncache_dir = \"/c\"\n",
+        )
+        .unwrap();
+        let c = Settings::load(&[], Some(&f)).unwrap().conversion;
+        assert_eq!(c.program, "/opt/v2v");
+        assert_eq!(c.timeout, Duration::from_secs(300));
+        assert_eq!(c.virtio_win, Some(PathBuf::from("/srv/virtio-win.iso")));
+        assert!(c.force_tcg && c.debug);
+        assert_eq!(c.cache_dir, PathBuf::from("/c"));
+        std::fs::write(&f, "[conversion]\nvirtio_win = \"\"\n").unwrap();
+        assert_eq!(Settings::load(&[], Some(&f)).unwrap().conversion.virtio_win, None);
+        std::fs::write(&f, "[conversion]\ntimeout_minutes = 0\n").unwrap();
+        let e = Settings::load(&[], Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("conversion.timeout_minutes"), "{e}");
+        std::fs::write(&f, "[conversion]\nvirtio = \"/x\"\n").unwrap();
+        let e = Settings::load(&[], Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("virtio"), "{e}");
     }
 }
