@@ -165,3 +165,32 @@ pub async fn remove_migrated(c: &Client, moref: &str, server: &str) {
         let _ = std::fs::remove_file(volume_file(&v));
     }
 }
+
+/// SHA-256 of a file inside the ext4 filesystem of partition 1 (at 1 MiB) of a disk
+/// image, read with debugfs through a read-only loop device: the filesystem is neither
+/// mounted nor changed.
+pub fn ext4_file_sha256(image: &Path, path: &str) -> String {
+    use std::process::Command;
+    let out = Command::new("losetup")
+        .args(["-r", "-o", "1048576", "--show", "-f"])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let cat = Command::new("debugfs")
+        .args(["-c", "-R", &format!("cat {path}"), &dev])
+        .output()
+        .unwrap();
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(
+        cat.status.success(),
+        "debugfs cat {path}: {}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    format!("{:x}", Sha256::digest(&cat.stdout))
+}

@@ -1,7 +1,10 @@
 //! Conversion: virt-v2v-in-place over ALL the VM's disks in one run (the root may be on
 //! any disk); the boot disk and firmware come from its inspection, not from "disk 0".
+use std::path::PathBuf;
+
 use super::body::{fail, Ctx};
 use super::state::{Conversion, Phase};
+use crate::exec::virt_v2v::{self, Firmware};
 use crate::jobs::copy_job::JobError;
 
 pub async fn run(ctx: &Ctx) -> Result<(), JobError> {
@@ -32,6 +35,67 @@ pub async fn run(ctx: &Ctx) -> Result<(), JobError> {
     ctx.update(|s| s.conversion = Some(conversion))
 }
 
-async fn convert(_ctx: &Ctx) -> Result<Conversion, JobError> {
-    Err(fail(Phase::Convert, "virt-v2v-in-place is not wired yet"))
+/// virt-v2v-in-place on the attached volumes, in the VM's disk order.
+async fn convert(ctx: &Ctx) -> Result<Conversion, JobError> {
+    let p = Phase::Convert;
+    let st = ctx.snapshot_state();
+    let vm = st.vm.clone().ok_or_else(|| fail(p, "no VM recorded"))?;
+    let disks: Vec<PathBuf> = st
+        .disks
+        .iter()
+        .map(|d| d.device.as_ref().map(PathBuf::from))
+        .collect::<Option<_>>()
+        .ok_or_else(|| fail(p, "a volume is not attached"))?;
+    let settings = &ctx.engine.settings().conversion;
+    let firmware = if vm.firmware == "efi" {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    let log = ctx
+        .engine
+        .settings()
+        .log_dir
+        .join(format!("job-{}-virt-v2v.log", ctx.id));
+    let spec = settings.spec(&vm.name, vm.memory_mib, vm.cpus, firmware, disks, log.clone());
+    let program = PathBuf::from(&settings.program);
+    let (engine, id, stop) = (ctx.engine.clone(), ctx.id, ctx.stop.clone());
+    let span = tracing::Span::current();
+    tracing::info!(
+        "converting '{}' in place ({} disk(s)); its output goes to {}",
+        vm.name,
+        spec.disks.len(),
+        log.display()
+    );
+    let result = tokio::task::spawn_blocking(move || {
+        let _e = span.enter();
+        let mut progress = |line: &str| {
+            tracing::info!("virt-v2v: {line}");
+            engine.set_step(id, &format!("conversion: {line}"));
+        };
+        virt_v2v::run(&program, &spec, &stop, &mut progress)
+    })
+    .await
+    .map_err(|e| fail(p, format!("conversion thread: {e}")))?;
+    let c = match result {
+        Ok(c) => c,
+        Err(virt_v2v::ConvertError::Stopped { .. }) => return Err(JobError::Stopped),
+        Err(e) => return Err(fail(p, e)),
+    };
+    tracing::info!(
+        "converted: {} {} ({}), root on disk {} ({}), {} firmware",
+        c.os_distro,
+        c.product_name,
+        c.osinfo,
+        c.root_disk,
+        c.root_device,
+        c.firmware
+    );
+    Ok(Conversion {
+        root_disk: c.root_disk,
+        firmware: c.firmware,
+        os_type: c.os_type,
+        os_distro: c.os_distro,
+        skipped: false,
+    })
 }
