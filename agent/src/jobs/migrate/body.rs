@@ -205,7 +205,11 @@ pub(super) async fn prepare(
             f
         }
     };
-    let ca_file = plan.source.ca_file.as_ref().map(PathBuf::from);
+    let vcenter = plan.source.vcenter.trim_start_matches("https://").trim_end_matches('/');
+    let vcenter = vcenter.strip_suffix("/sdk").unwrap_or(vcenter).to_string();
+    let url = url::Url::parse(&format!("https://{vcenter}/sdk"))
+        .map_err(|e| fail(p, format!("vCenter address '{vcenter}': {e}")))?;
+    let mut ca_file = plan.source.ca_file.as_ref().map(PathBuf::from);
     let trust = match (&ca_file, &plan.source.thumbprint) {
         (Some(ca), _) => Trust::CaFile(ca.clone()),
         (None, Some(t)) => Trust::Thumbprint(vsphere::tls::parse_thumbprint(t).map_err(|_| {
@@ -214,12 +218,19 @@ pub(super) async fn prepare(
                 format!("source.thumbprint '{t}' is not a SHA-1 or SHA-256 fingerprint"),
             )
         })?),
-        (None, None) => Trust::System,
+        // A plan that cannot say how to trust vCenter (the seed's vars.yaml has no such
+        // key): the agent's own `[vsphere]` section, when it names the same vCenter.
+        (None, None) => match settings.vsphere.as_ref().filter(|ep| same_server(&ep.url, &url)) {
+            Some(ep) => {
+                if let Trust::CaFile(ca) = &ep.trust {
+                    ca_file = Some(ca.clone());
+                }
+                tracing::info!("vCenter {vcenter}: trusted as the agent's [vsphere] section says");
+                ep.trust.clone()
+            }
+            None => Trust::System,
+        },
     };
-    let vcenter = plan.source.vcenter.trim_start_matches("https://").trim_end_matches('/');
-    let vcenter = vcenter.strip_suffix("/sdk").unwrap_or(vcenter).to_string();
-    let url = url::Url::parse(&format!("https://{vcenter}/sdk"))
-        .map_err(|e| fail(p, format!("vCenter address '{vcenter}': {e}")))?;
     let vc = vsphere::Endpoint {
         url,
         user: plan.source.user.clone(),
@@ -232,7 +243,7 @@ pub(super) async fn prepare(
     if transport == crate::plan::Transport::Https && ca_file.is_none() {
         return Err(fail(
             p,
-            "transport https needs source.ca_file: nbdkit's curl plugin verifies vCenter with a CA, it cannot pin a thumbprint",
+            "transport https needs source.ca_file (or the agent's [vsphere] ca_file for the same vCenter): nbdkit's curl plugin verifies vCenter with a CA, it cannot pin a thumbprint",
         ));
     }
     let mut block = blockdev::Settings::new(&settings.byid_dir, &settings.runtime_dir);
@@ -264,6 +275,12 @@ pub(super) async fn prepare(
         block,
         source,
     })
+}
+
+/// Same host (case-insensitive) and port.
+fn same_server(a: &url::Url, b: &url::Url) -> bool {
+    a.host_str().map(str::to_ascii_lowercase) == b.host_str().map(str::to_ascii_lowercase)
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
@@ -504,7 +521,17 @@ async fn warm_loop(ctx: &Ctx) -> Result<(), JobError> {
 async fn cutover(ctx: &Ctx) -> Result<(), JobError> {
     let p = Phase::Cutover;
     let moref = ctx.moref();
-    if !ctx.snapshot_state().powered_off {
+    let st = ctx.snapshot_state();
+    if !st.powered_off {
+        // A delta round interrupted by a restart is still pending: the next round only
+        // finishes it and commits its older changeId, so as the final round it would
+        // miss every write made since. Finish it while the guest runs; the final round
+        // then reads all that was written after it.
+        if st.disks.iter().any(|d| d.round.is_some()) {
+            ctx.engine
+                .set_step(ctx.id, "cutover: finishing the interrupted delta round");
+            super::disks::sync_round(ctx, Phase::Warm).await?;
+        }
         ctx.engine.set_step(ctx.id, "cutover: shutting the guest down");
         let timeout = ctx.engine.settings().migration.shutdown_timeout;
         let t = Instant::now();

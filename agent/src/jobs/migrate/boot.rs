@@ -46,41 +46,43 @@ pub async fn network_and_flavor(ctx: &Ctx) -> Result<(), JobError> {
     for g in &plan.security_groups {
         groups.push(ctx.os.find_security_group(g).await.map_err(|e| fail(p, e))?);
     }
+    // One port per NIC on its mapped network, with the source MAC; without `create_ports`
+    // (vars.yaml `os_migrate_create_network_port: false`) Neutron picks the MAC. Either
+    // way the server gets its NICs, on osm's tagged ports (found again after a crash,
+    // removed by cleanup).
     let mut ports = Vec::new();
-    if plan.network.create_ports {
-        for (i, nic) in vm.nics.iter().enumerate() {
-            ctx.stopped()?;
-            let name = network_of(ctx, nic).ok_or_else(|| fail(p, check_network_map(ctx, &vm).unwrap_err()))?;
-            let net = ctx.os.find_network(name).await.map_err(|e| fail(p, e))?;
-            let mut fixed_ips = Vec::new();
-            if plan.network.fixed_ips {
-                for ip in nic.ipv4.iter().chain(nic.ipv6.iter()) {
-                    match subnet_for(ctx, &net.subnets, ip).await {
-                        Some(subnet_id) => fixed_ips.push(FixedIp {
-                            subnet_id,
-                            ip_address: Some(ip.clone()),
-                        }),
-                        None => tracing::warn!(
-                            "NIC {} keeps no fixed IP {ip}: no subnet of network {name} contains it",
-                            nic.label
-                        ),
-                    }
+    for (i, nic) in vm.nics.iter().enumerate() {
+        ctx.stopped()?;
+        let name = network_of(ctx, nic).ok_or_else(|| fail(p, check_network_map(ctx, &vm).unwrap_err()))?;
+        let net = ctx.os.find_network(name).await.map_err(|e| fail(p, e))?;
+        let mut fixed_ips = Vec::new();
+        if plan.network.fixed_ips {
+            for ip in nic.ipv4.iter().chain(nic.ipv6.iter()) {
+                match subnet_for(ctx, &net.subnets, ip).await {
+                    Some(subnet_id) => fixed_ips.push(FixedIp {
+                        subnet_id,
+                        ip_address: Some(ip.clone()),
+                    }),
+                    None => tracing::warn!(
+                        "NIC {} keeps no fixed IP {ip}: no subnet of network {name} contains it",
+                        nic.label
+                    ),
                 }
             }
-            let spec = PortSpec {
-                network_id: net.id.clone(),
-                name: format!("osm-{}-nic{i}", vm.name).chars().take(255).collect(),
-                mac_address: Some(nic.mac.clone()),
-                fixed_ips,
-                security_group_ids: groups.clone(),
-                tags: vec!["osm".into(), format!("osm-vm-{}", vm.moref)],
-                description: Some(format!("{} of VMware VM {}, created by osm", nic.label, vm.name)),
-            };
-            let port = ctx.os.ensure_port(&spec).await.map_err(|e| fail(p, e))?;
-            tracing::info!("port {} on {name} with MAC {}", port.id, port.mac_address);
-            ports.push(port.id);
-            ctx.update(|s| s.port_ids = ports.clone())?;
         }
+        let spec = PortSpec {
+            network_id: net.id.clone(),
+            name: format!("osm-{}-nic{i}", vm.name).chars().take(255).collect(),
+            mac_address: plan.network.create_ports.then(|| nic.mac.clone()),
+            fixed_ips,
+            security_group_ids: groups.clone(),
+            tags: vec!["osm".into(), format!("osm-vm-{}", vm.moref)],
+            description: Some(format!("{} of VMware VM {}, created by osm", nic.label, vm.name)),
+        };
+        let port = ctx.os.ensure_port(&spec).await.map_err(|e| fail(p, e))?;
+        tracing::info!("port {} on {name} with MAC {}", port.id, port.mac_address);
+        ports.push(port.id);
+        ctx.update(|s| s.port_ids = ports.clone())?;
     }
     let (flavor, created) = choose_flavor(ctx, &vm).await.map_err(|e| fail(p, e))?;
     tracing::info!(
@@ -238,11 +240,8 @@ pub async fn boot(ctx: &Ctx) -> Result<(), JobError> {
         flavor_id: st.flavor_id.clone(),
         volumes,
         port_ids: st.port_ids.clone(),
-        security_groups: if ctx.job.plan.network.create_ports {
-            vec![]
-        } else {
-            ctx.job.plan.security_groups.clone()
-        },
+        // The ports carry the security groups.
+        security_groups: vec![],
         availability_zone: ctx.job.plan.availability_zone.clone(),
         key_name: ctx.job.plan.ssh_key_name.clone(),
         user_data: None,

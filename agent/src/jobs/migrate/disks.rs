@@ -332,7 +332,20 @@ async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobE
                 .is_some_and(|r| r.extents.as_ref().is_none_or(|e| !e.is_empty()))
         })
         .collect();
-    let per_disk: Vec<Arc<Counters>> = work.iter().map(|_| Arc::new(Counters::default())).collect();
+    // Each disk's work is known before its copy starts: the progress counts every disk
+    // from the first tick (not only those whose copy already started).
+    let per_disk: Vec<Arc<Counters>> = work
+        .iter()
+        .map(|(_, d)| {
+            let c = Counters::default();
+            let total = match d.round.as_ref().and_then(|r| r.extents.as_ref()) {
+                Some(e) => e.iter().map(|x| x.length).sum(),
+                None => d.capacity_bytes,
+            };
+            c.bytes_total.store(total, Ordering::Relaxed);
+            Arc::new(c)
+        })
+        .collect();
     let limit = Arc::new(tokio::sync::Semaphore::new(
         ctx.engine.settings().migration.parallel_disks,
     ));
