@@ -189,7 +189,7 @@ impl Plan {
             return Err("local_disk_path supports cold migration only: set mode = \"cold\" (cbt_sync: false)".into());
         }
         if let Cutover::At(t) = &self.cutover {
-            if !looks_like_rfc3339(t) {
+            if crate::jobs::migrate::state::parse_time(t).is_err() {
                 return Err(format!(
                     "cutover time '{t}' is not RFC 3339 (e.g. 2026-12-01T22:00:00Z)"
                 ));
@@ -200,15 +200,4 @@ impl Plan {
         }
         Ok(())
     }
-}
-
-fn looks_like_rfc3339(t: &str) -> bool {
-    let b = t.as_bytes();
-    b.len() >= 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')
-        && b[13] == b':'
-        && b[16] == b':'
-        && (t.ends_with('Z') || t.ends_with('z') || t[19..].contains(['+', '-']))
 }
