@@ -194,3 +194,24 @@ pub fn ext4_file_sha256(image: &Path, path: &str) -> String {
     );
     format!("{:x}", Sha256::digest(&cat.stdout))
 }
+
+/// Write into a simulated VM disk as its running guest would (the simulator records the
+/// area for CBT).
+pub fn guest_write(vm: &str, disk: i32, offset: u64, length: u64, seed: u64) {
+    let out = std::process::Command::new(env("OSM_VC_GUEST_WRITE"))
+        .args([
+            vm,
+            &disk.to_string(),
+            &offset.to_string(),
+            &length.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "guest-write: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -160,25 +160,6 @@ fn data_files(image: &std::path::Path) -> Vec<(String, String)> {
     ]
 }
 
-fn guest_write(vm: &str, disk: i32, offset: u64, length: u64, seed: u64) {
-    let out = Command::new(env("OSM_VC_GUEST_WRITE"))
-        .args([
-            vm,
-            &disk.to_string(),
-            &offset.to_string(),
-            &length.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "guest-write: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn wait_rounds(agent: &osm_integration_tests::agent::Agent, id: u64, rounds: u32) -> JobInfo {
     wait_for(300, &format!("{rounds} delta round(s)"), || {
         let j = agent.job(id);

@@ -13,7 +13,6 @@
 //! kills inside the copy always. `OSM_KILL_STEPS=copy,boot` runs only the cold
 //! migrations whose kill points start with those labels (the warm test still runs).
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -562,25 +561,6 @@ fn kill_9_at_each_step_of_a_cold_migration_resumes_and_leaves_one_clean_server()
     );
 }
 
-fn guest_write(disk: i32, offset: u64, length: u64, seed: u64) {
-    let out = Command::new(env("OSM_VC_GUEST_WRITE"))
-        .args([
-            VM,
-            &disk.to_string(),
-            &offset.to_string(),
-            &length.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "guest-write: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn wait_cutover_wait(agent: &Agent, id: u64) -> JobInfo {
     wait_for(300, "the job to wait for its cutover", || {
         let j = agent.job(id);
@@ -616,10 +596,10 @@ fn kill_9_during_a_warm_delta_round_resumes_it_and_the_cutover_misses_no_write()
         let (key0, key1) = (src.disks[0].key, src.disks[1].key);
         // A delta round of 200 MiB (192 MiB on disk 0, 8 MiB on disk 1), read at 25 MB/s
         // so that it is killed in its middle (guest-write takes ~30 ms a MiB here).
-        guest_write(key0, 64 * MIB, 64 * MIB, 31);
-        guest_write(key0, 300 * MIB, 64 * MIB, 32);
-        guest_write(key0, 700 * MIB, 64 * MIB, 33);
-        guest_write(key1, 0, 8 * MIB, 34);
+        guest_write(VM, key0, 64 * MIB, 64 * MIB, 31);
+        guest_write(VM, key0, 300 * MIB, 64 * MIB, 32);
+        guest_write(VM, key0, 700 * MIB, 64 * MIB, 33);
+        guest_write(VM, key1, 0, 8 * MIB, 34);
         let delta = 200 * MIB;
         reads.set_rate(Some("200M"));
         let out = agent.osmctl(&["sync", VM]);
@@ -636,8 +616,8 @@ fn kill_9_during_a_warm_delta_round_resumes_it_and_the_cutover_misses_no_write()
         wait_cutover_wait(&agent, job.id);
         // Writes after the restart, away from the interrupted round's areas: the cutover
         // must copy them too.
-        guest_write(key0, 1000 * MIB, MIB, 35);
-        guest_write(key1, 40 * MIB, MIB, 36);
+        guest_write(VM, key0, 1000 * MIB, MIB, 35);
+        guest_write(VM, key1, 40 * MIB, MIB, 36);
         let out = agent.osmctl(&["cutover", VM]);
         assert!(
             out.status.success(),

@@ -3,13 +3,13 @@
 //! migration primitive (snapshot → changed areas == guest writes, round after round), and
 //! one clear line for each misconfiguration with the password kept out of argv and logs.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use osm_agent::cloud::vsphere::{self, ChangedAreas, Client, Endpoint, Trust};
 use osm_api::vsphere::VmInfo;
 use osm_api::Extent;
 use osm_integration_tests::agent::{Agent, Options};
+use osm_integration_tests::migration::guest_write;
 
 fn env(key: &str) -> String {
     std::env::var(key)
@@ -156,25 +156,6 @@ fn endpoint(pw: &Path) -> Endpoint {
         trust: Trust::CaFile(env("OSM_VC_CA_FILE").into()),
         timeout: Duration::from_secs(60),
     }
-}
-
-fn guest_write(vm: &str, disk: i32, offset: u64, length: u64, seed: u64) {
-    let out = Command::new(env("OSM_VC_GUEST_WRITE"))
-        .args([
-            vm,
-            &disk.to_string(),
-            &offset.to_string(),
-            &length.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "guest-write: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn extents(v: &[(u64, u64)]) -> ChangedAreas {

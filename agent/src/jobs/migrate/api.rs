@@ -47,10 +47,13 @@ impl Engine {
         }
         let mut jobs = Vec::new();
         for vm in vms {
+            // Continue the newest earlier job of this VM if it failed or was cancelled; after
+            // a success a new migration starts afresh (new volumes, new server).
             let previous = existing
                 .iter()
                 .rev()
                 .find(|j| j.migration.as_ref().is_some_and(|m| m.vm == vm))
+                .filter(|j| j.state != osm_api::JobState::Succeeded)
                 .map(|j| j.id);
             let job = MigrateJob {
                 vm: vm.clone(),
