@@ -215,3 +215,43 @@ pub fn guest_write(vm: &str, disk: i32, offset: u64, length: u64, seed: u64) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Byte-for-byte equality of the first `len` bytes; the first differing MiB on failure.
+pub fn same_bytes(a: &Path, b: &Path, len: u64) -> Result<(), String> {
+    use std::io::Read;
+    let open = |p: &Path| std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (mut fa, mut fb) = (open(a), open(b));
+    let (mut ba, mut bb) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+    let mut off = 0;
+    while off < len {
+        let n = ((len - off) as usize).min(ba.len());
+        fa.read_exact(&mut ba[..n]).unwrap();
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            let i = (0..n).find(|&i| ba[i] != bb[i]).unwrap() as u64 + off;
+            return Err(format!(
+                "{} and {} differ at byte {i} (MiB {})",
+                a.display(),
+                b.display(),
+                i >> 20
+            ));
+        }
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Wait (5 min at most) until a warm job waits for its cutover; it must not end first.
+pub fn wait_cutover(agent: &Agent, id: u64) -> osm_api::JobInfo {
+    crate::wait_for(300, "the job to wait for its cutover", || {
+        let j = agent.job(id);
+        assert!(
+            !j.state.is_terminal(),
+            "job ended: {} {}\n{}",
+            j.state,
+            j.error,
+            agent.stderr()
+        );
+        Some(j).filter(|j| j.step.contains("waiting for the cutover"))
+    })
+}

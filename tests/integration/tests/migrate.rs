@@ -192,17 +192,7 @@ fn warm_migration_reads_exactly_the_written_areas_and_cuts_over_to_equal_bytes()
     let job = migrate(&agent, &plan);
     let c = cloud();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let j = wait_for(600, "the full sync", || {
-            let j = agent.job(job.id);
-            assert!(
-                !j.state.is_terminal(),
-                "job ended: {} {}\n{}",
-                j.state,
-                j.error,
-                agent.stderr()
-            );
-            Some(j).filter(|j| j.step.contains("waiting for the cutover"))
-        });
+        let j = wait_cutover(&agent, job.id);
         assert_eq!(j.migration.as_ref().unwrap().sync_rounds, 0);
         let key0 = src.disks[0].key;
         let key1 = src.disks[1].key;

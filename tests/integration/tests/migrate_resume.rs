@@ -21,8 +21,8 @@ use osm_agent::cloud::openstack::{Client, Server, Service};
 use osm_api::vsphere::VmInfo;
 use osm_api::{JobInfo, JobState, MigrateReply, MigrationInfo};
 use osm_integration_tests::agent::{Agent, Options};
+use osm_integration_tests::disk;
 use osm_integration_tests::migration::*;
-use osm_integration_tests::{disk, wait_for};
 
 /// 1 GiB + 64 MiB of generated content (writable by the bed's guest-write).
 const VM: &str = "osm-cbt-1";
@@ -171,31 +171,6 @@ fn rank(step: &str) -> usize {
         return 4;
     }
     ORDER.iter().position(|p| step.starts_with(p)).unwrap_or(0)
-}
-
-/// Byte-for-byte equality of the first `len` bytes; the first differing MiB on failure.
-fn same_bytes(a: &Path, b: &Path, len: u64) -> Result<(), String> {
-    use std::io::Read;
-    let open = |p: &Path| std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let (mut fa, mut fb) = (open(a), open(b));
-    let (mut ba, mut bb) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
-    let mut off = 0;
-    while off < len {
-        let n = ((len - off) as usize).min(ba.len());
-        fa.read_exact(&mut ba[..n]).unwrap();
-        fb.read_exact(&mut bb[..n]).unwrap();
-        if ba[..n] != bb[..n] {
-            let i = (0..n).find(|&i| ba[i] != bb[i]).unwrap() as u64 + off;
-            return Err(format!(
-                "{} and {} differ at byte {i} (MiB {})",
-                a.display(),
-                b.display(),
-                i >> 20
-            ));
-        }
-        off += n as u64;
-    }
-    Ok(())
 }
 
 /// The servers osm made for the VM (by their `osm_vm` metadata).
@@ -561,20 +536,6 @@ fn kill_9_at_each_step_of_a_cold_migration_resumes_and_leaves_one_clean_server()
     );
 }
 
-fn wait_cutover_wait(agent: &Agent, id: u64) -> JobInfo {
-    wait_for(300, "the job to wait for its cutover", || {
-        let j = agent.job(id);
-        assert!(
-            !j.state.is_terminal(),
-            "job ended: {} {}\n{}",
-            j.state,
-            j.error,
-            agent.stderr()
-        );
-        Some(j).filter(|j| j.step.contains("waiting for the cutover"))
-    })
-}
-
 #[test]
 fn kill_9_during_a_warm_delta_round_resumes_it_and_the_cutover_misses_no_write() {
     let _vm = lock_vm();
@@ -590,7 +551,7 @@ fn kill_9_during_a_warm_delta_round_resumes_it_and_the_cutover_misses_no_write()
     );
     let job = migrate(&agent, &plan);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_cutover_wait(&agent, job.id);
+        wait_cutover(&agent, job.id);
         let full = reads.read(1);
         reads.set_generation(2);
         let (key0, key1) = (src.disks[0].key, src.disks[1].key);
@@ -613,7 +574,7 @@ fn kill_9_during_a_warm_delta_round_resumes_it_and_the_cutover_misses_no_write()
         let before = reads.read(2);
         reads.set_generation(3);
         agent.restart();
-        wait_cutover_wait(&agent, job.id);
+        wait_cutover(&agent, job.id);
         // Writes after the restart, away from the interrupted round's areas: the cutover
         // must copy them too.
         guest_write(VM, key0, 1000 * MIB, MIB, 35);

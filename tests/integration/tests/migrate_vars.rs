@@ -12,29 +12,6 @@ use osm_integration_tests::migration::*;
 
 const VM: &str = "osm-linux-2disk";
 
-/// Byte-for-byte equality of the first `len` bytes (faster than hashing 3 GiB twice).
-fn same_bytes(a: &Path, b: &Path, len: u64) {
-    use std::io::Read;
-    let open = |p: &Path| std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let (mut fa, mut fb) = (open(a), open(b));
-    let (mut ba, mut bb) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
-    let mut off = 0;
-    while off < len {
-        let n = ((len - off) as usize).min(ba.len());
-        fa.read_exact(&mut ba[..n]).unwrap();
-        fb.read_exact(&mut bb[..n]).unwrap();
-        assert!(
-            ba[..n] == bb[..n],
-            "{} differs from {} in MiB {}..{}",
-            a.display(),
-            b.display(),
-            off >> 20,
-            (off + n as u64) >> 20
-        );
-        off += n as u64;
-    }
-}
-
 /// A YAML scalar for any string (JSON strings are YAML double-quoted scalars).
 fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap()
@@ -203,7 +180,7 @@ fn the_seed_guides_sample_vars_yaml_migrates_a_vm_unchanged() {
         );
         assert_eq!(m.volumes.len(), src.disks.len());
         for (d, v) in src.disks.iter().zip(&m.volumes) {
-            same_bytes(&volume_file(v), &flat_file(&d.datastore_path), d.capacity_bytes);
+            same_bytes(&volume_file(v), &flat_file(&d.datastore_path), d.capacity_bytes).unwrap();
         }
         rt.block_on(async {
             assert_eq!(c.get_server(&m.server_id).await.unwrap().status, "ACTIVE");
