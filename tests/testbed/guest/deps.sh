@@ -5,7 +5,7 @@
 source "$(dirname "$0")/../lib.sh"
 APT=(apt-get -y -q -o DPkg::Lock::Timeout=600)
 export DEBIAN_FRONTEND=noninteractive
-need=(qemu-system-x86 qemu-block-extra qemu-system-common virt-v2v guestfs-tools
+need=(qemu-system-x86 qemu-block-extra qemu-system-common virt-v2v guestfs-tools mtools dosfstools cpio
       libguestfs-tools debootstrap ovmf)
 missing=0
 for p in "${need[@]}"; do
@@ -22,4 +22,4 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 "${APT[@]}" update
 "${APT[@]}" install --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-block-extra qemu-system-common
-"${APT[@]}" install virt-v2v guestfs-tools libguestfs-tools debootstrap ovmf
+"${APT[@]}" install virt-v2v guestfs-tools libguestfs-tools debootstrap ovmf mtools dosfstools cpio

@@ -56,6 +56,8 @@ func vmSpecs(c config) []vmSpec {
 				{"DC0_DVPG0", "", "2001:db8:1::31"}}, poweredOn: true, tools: "notRunning"},
 		{name: "db-consolidate", guestID: "rhel8_64Guest", disks: []int64{256 * mib}, images: []string{""},
 			nics: []nicSpec{{"DC0_DVPG1", "", ""}}, poweredOn: false, tools: "notInstalled", consolidate: true},
+		{name: "osm-twin-1", guestID: "debian11_64Guest", disks: []int64{96 * mib, 32 * mib}, images: []string{"", ""},
+			nics: []nicSpec{{"VM Network", "192.0.2.51", ""}}, poweredOn: true, tools: "running"},
 		{name: "deep-snapshots", guestID: "debian11_64Guest", disks: []int64{64 * mib}, images: []string{""},
 			nics: []nicSpec{{"VM Network", "192.0.2.41", ""}}, poweredOn: true, tools: "running", cbt: true, snapshots: 30},
 	}

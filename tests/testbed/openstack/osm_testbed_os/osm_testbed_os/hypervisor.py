@@ -79,15 +79,19 @@ def _make_link(vol_id, dev, gen, delay):
         LOG.info("osm testbed: %s -> %s", link, dev)
 
 
+def ensure_backing_file(vol_id, size_gib):
+    """The volume's sparse file, at least SIZE_GIB (grows when the volume was extended)."""
+    os.makedirs(volume_dir(), exist_ok=True)
+    with open(backing_file(vol_id), "ab") as f:
+        if os.fstat(f.fileno()).st_size < int(size_gib) * GiB:
+            f.truncate(int(size_gib) * GiB)
+
+
 def attach(vol_id, size_gib, delay=None, wait=False):
     """Back VOL_ID with its file, losetup it, make the by-id link (in a thread). Returns the loop device."""
-    os.makedirs(volume_dir(), exist_ok=True)
     path = backing_file(vol_id)
     with _lock:
-        size = int(size_gib) * GiB
-        with open(path, "ab") as f:  # sparse; grows when the volume was extended
-            if os.fstat(f.fileno()).st_size < size:
-                f.truncate(size)
+        ensure_backing_file(vol_id, size_gib)
         devs = loops_of(path)
         if devs:
             dev = devs[0]

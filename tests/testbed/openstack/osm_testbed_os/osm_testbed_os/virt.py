@@ -4,7 +4,8 @@ Based on FakeDriverWithoutFakeNodes: a stable node uuid (state_path/compute_id),
 nova-compute restarts cleanly on the same database.
 
 Volumes attached to that server get a loop device and a /dev/disk/by-id/virtio-* link
-(see hypervisor.py); other servers (the migrated VMs) get nothing, as before. Boot from
+(see hypervisor.py), or, when its metadata also has osm_testbed_qmp=<socket>, are
+hot-plugged into that qemu guest (qmp.py: the twin image test); other servers (the migrated VMs) get nothing, as before. Boot from
 volume is untouched (spawn, not attach_volume). Select with
     [DEFAULT] compute_driver = osm_testbed.ConversionHostDriver
 (deps.sh puts the alias nova/virt/osm_testbed.py into the venv: nova 34 loads drivers
@@ -21,6 +22,7 @@ from nova.virt import hardware
 from nova.volume import cinder
 
 from osm_testbed_os import hypervisor
+from osm_testbed_os import qmp
 
 LOG = logging.getLogger(__name__)
 ROLE_KEY = "osm_testbed_role"
@@ -41,6 +43,11 @@ class ConversionHostDriver(fake.FakeDriverWithoutFakeNodes):
             LOG.exception("osm testbed: cannot read metadata of %s", instance.uuid)
             return False
 
+    @staticmethod
+    def _qmp_socket(instance):
+        """The QMP socket of a conversion host that is a real qemu guest, else None."""
+        return (instance.metadata or {}).get(qmp.QMP_KEY)
+
     def init_host(self, host):
         super().init_host(host)
         # After a restart of the bed the attachments are still in the database but the
@@ -48,8 +55,8 @@ class ConversionHostDriver(fake.FakeDriverWithoutFakeNodes):
         try:
             ctx = nova_context.get_admin_context()
             for inst in objects.InstanceList.get_by_host(ctx, host, expected_attrs=["metadata"]):
-                if not self._is_conversion_host(inst):
-                    continue
+                if not self._is_conversion_host(inst) or self._qmp_socket(inst):
+                    continue  # a qemu guest's devices are its own business
                 for bdm in objects.BlockDeviceMappingList.get_by_instance_uuid(ctx, inst.uuid):
                     if bdm.is_volume and bdm.volume_id and bdm.boot_index in (None, -1):
                         hypervisor.attach(bdm.volume_id, bdm.volume_size or
@@ -78,17 +85,22 @@ class ConversionHostDriver(fake.FakeDriverWithoutFakeNodes):
         if self._is_conversion_host(instance):
             vol_id = _volume_id(connection_info)
             size = cinder.API().get(context, vol_id)["size"]
-            hypervisor.attach(vol_id, size)
+            if self._qmp_socket(instance):
+                qmp.attach(self._qmp_socket(instance), vol_id, size)
+            else:
+                hypervisor.attach(vol_id, size)
 
     def detach_volume(self, context, connection_info, instance, mountpoint, encryption=None):
-        if self._is_conversion_host(instance):
+        if self._is_conversion_host(instance) and self._qmp_socket(instance):
+            qmp.detach(self._qmp_socket(instance), _volume_id(connection_info))
+        elif self._is_conversion_host(instance):
             hypervisor.detach(_volume_id(connection_info))
         super().detach_volume(context, connection_info, instance, mountpoint,
                               encryption=encryption)
 
     def extend_volume(self, context, connection_info, instance, requested_size):
         super().extend_volume(context, connection_info, instance, requested_size)
-        if self._is_conversion_host(instance):
+        if self._is_conversion_host(instance) and not self._qmp_socket(instance):
             vol_id = _volume_id(connection_info)
             if hypervisor.loops_of(hypervisor.backing_file(vol_id)):
                 hypervisor.attach(vol_id, -(-requested_size // hypervisor.GiB))
