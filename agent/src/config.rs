@@ -43,6 +43,7 @@ struct AgentFragment {
     admin_group: Option<String>,
     nbdkit: Option<String>,
     plans_dir: Option<PathBuf>,
+    user_data: Option<PathBuf>,
     publish_status: Option<bool>,
 }
 
@@ -90,6 +91,9 @@ pub struct Settings {
     pub nbdkit: String,
     /// Plans started once at start-up (cloud-init drops them here; docs/unattended.md).
     pub plans_dir: PathBuf,
+    /// cloud-init's copy of this instance's user-data, whose `osm: plans:` are started like
+    /// files of `plans_dir`; None ("" in the file) = not read.
+    pub user_data: Option<PathBuf>,
     /// Publish the migrations' status in this host's Nova server metadata.
     pub publish_status: bool,
     pub copy: CopySettings,
@@ -177,6 +181,9 @@ impl Settings {
                 set(&mut s.admin_group, a.admin_group);
                 set(&mut s.nbdkit, a.nbdkit);
                 set(&mut s.plans_dir, a.plans_dir);
+                if let Some(p) = a.user_data {
+                    s.user_data = (!p.as_os_str().is_empty()).then_some(p);
+                }
                 set(&mut s.publish_status, a.publish_status);
                 if let Some(b) = a.dbus {
                     s.dbus = match b.as_str() {
@@ -243,6 +250,7 @@ impl Settings {
             admin_group: "osm".into(),
             nbdkit: "nbdkit".into(),
             plans_dir: "/etc/osm/plans.d".into(),
+            user_data: Some("/var/lib/cloud/instance/user-data.txt".into()),
             publish_status: true,
             copy: CopySettings {
                 connections: 4,
@@ -375,14 +383,19 @@ mod tests {
         assert_eq!(s.copy.connections, 2);
         assert_eq!(s.plans_dir, PathBuf::from("/etc/osm/plans.d"));
         assert!(s.publish_status);
+        assert_eq!(
+            s.user_data,
+            Some(PathBuf::from("/var/lib/cloud/instance/user-data.txt"))
+        );
         std::fs::write(
             dir.path().join("30-c.toml"),
-            "[agent]\nplans_dir = \"/p\"\npublish_status = false\n",
+            "[agent]\nplans_dir = \"/p\"\npublish_status = false\nuser_data = \"\"\n",
         )
         .unwrap();
         let s = Settings::load(&[dir.path().to_path_buf()], None).unwrap();
         assert_eq!(s.plans_dir, PathBuf::from("/p"));
         assert!(!s.publish_status);
+        assert_eq!(s.user_data, None);
         std::fs::remove_file(dir.path().join("30-c.toml")).unwrap();
 
         let bad = dir.path().join("main.toml");

@@ -73,6 +73,9 @@ def remove_leftovers(vim):
     for v in find("volume", "--long"):
         if (v.get("Properties") or {}).get("osm_vm_name") == VM or VM in (v.get("Name") or ""):
             openstack("volume", "delete", "--force", v["ID"], cloud=ENV["OSM_OS_ADMIN_CLOUD"])
+            backing = os.path.join(ENV["OSM_VOLUME_DIR"], v["ID"] + ".img")  # the bed keeps it
+            if os.path.exists(backing):
+                os.unlink(backing)
     vm = vim.find_vm(VM)
     if vim.props(vm, "runtime.powerState")["runtime.powerState"].text != "poweredOn":
         vim.wait(vim.call("PowerOnVM_Task", vm, ""))
@@ -108,13 +111,14 @@ default_network = "{ENV['OSM_OS_NETWORK']}"
         ("/etc/osm/config.d/50-cloud.toml", "0644",
          f'[openstack]\ncloud = "osm-appcred"\nclouds_file = "/etc/openstack/clouds.yaml"\n'
          f'instance_id = "{host_id}"\n'),
-        ("/etc/osm/plans.d/10-twin.toml", "0600", plan),
         ("/etc/osm/plans.d/20-broken.toml", "0600", 'vms = "not a list"\n'),
     ]
     out = ["#cloud-config", "write_files:"]
     for path, mode, content in files:
         out += [f"  - path: {path}", "    owner: root:root", f'    permissions: "{mode}"', "    content: |"]
         out += ["      " + line for line in content.splitlines()]
+    # The valid plan in the user-data's own `osm:` section (docs/unattended.md).
+    out += ["osm:", "  plans:", "    10-twin.toml: |"] + ["      " + line for line in plan.splitlines()]
     return "\n".join(out) + "\n"
 
 
@@ -190,6 +194,7 @@ def test_twin_boots_and_migrates_unattended(image):
         assert guest.check("systemctl", "show", "-P", "NRestarts", "osm-agent").strip() == "0"
         journal = guest.check("journalctl", "-u", "osm-agent", "--no-pager", "-o", "cat")
         assert "20-broken.toml" in journal, journal[-3000:]
+        assert "plan user-data:osm.plans.10-twin.toml started: jobs [1]" in journal, journal[-3000:]
         assert ENV["OSM_VC_USER"] not in guest.check("ps", "-eo", "args")  # nothing secret in argv
         password = open(ENV["OSM_VC_PASSWORD_FILE"]).read().strip()
         assert password not in journal

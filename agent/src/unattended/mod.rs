@@ -1,5 +1,5 @@
-//! Unattended migrations (cloud-init): after READY, every plan in `[agent] plans_dir`
-//! not started before is validated and started; then the status of every migration (and
+//! Unattended migrations (cloud-init): after READY, every plan in `[agent] plans_dir` and
+//! in the user-data's `osm: plans:` (user_data.rs) not started before is validated and started; then the status of every migration (and
 //! every plan that could not start) is logged and published in this conversion host's
 //! own Nova server metadata, where an operator outside the host sees it
 //! (`openstack server show HOST -c properties`). See docs/unattended.md.
@@ -9,6 +9,7 @@
 pub mod plans;
 pub mod publish;
 pub mod status;
+pub mod user_data;
 
 use std::time::Duration;
 
@@ -61,20 +62,21 @@ async fn run(engine: Engine, stop: CancellationToken) {
     let rx = engine.subscribe();
     let s = engine.settings().clone();
     let e = engine.clone();
-    let (dir, state_dir) = (s.plans_dir.clone(), s.state_dir.clone());
-    let outcome = match tokio::task::spawn_blocking(move || plans::run(&e, &dir, &state_dir)).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!("unattended: the plan scan failed: {e}");
-            plans::Outcome {
-                errors: vec![PlanError {
-                    file: s.plans_dir.display().to_string(),
-                    message: format!("the plan scan failed: {e}"),
-                }],
-                ..Default::default()
+    let (dir, user_data, state_dir) = (s.plans_dir.clone(), s.user_data.clone(), s.state_dir.clone());
+    let outcome =
+        match tokio::task::spawn_blocking(move || plans::run(&e, &dir, user_data.as_deref(), &state_dir)).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("unattended: the plan scan failed: {e}");
+                plans::Outcome {
+                    errors: vec![PlanError {
+                        file: s.plans_dir.display().to_string(),
+                        message: format!("the plan scan failed: {e}"),
+                    }],
+                    ..Default::default()
+                }
             }
-        }
-    };
+        };
     tracing::info!("unattended: {}", outcome.summary());
     let mut p = Publisher {
         engine,

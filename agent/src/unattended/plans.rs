@@ -164,8 +164,9 @@ fn check_owner_and_mode(md: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
-/// Open and read a plan file without following a symbolic link, after its checks.
-fn read_plan(path: &Path) -> Result<(String, std::fs::Metadata), String> {
+/// Open and read a plan file without following a symbolic link, after its checks; also
+/// whether every local user may read it.
+fn read_plan(path: &Path) -> Result<(String, bool), String> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -188,20 +189,19 @@ fn read_plan(path: &Path) -> Result<(String, std::fs::Metadata), String> {
     let mut text = String::new();
     f.read_to_string(&mut text)
         .map_err(|e| format!("cannot read: {e} (a plan is UTF-8 text)"))?;
-    Ok((text, md))
+    Ok((text, md.mode() & 0o004 != 0))
 }
 
 /// Secrets readable by every local user are worth a warning, not a refusal.
-fn warn_about_secrets(path: &Path, text: &str, md: &std::fs::Metadata) {
+fn warn_about_secrets(path: &Path, text: &str, world_readable: bool) {
     let Ok(loaded) = crate::plan::parse(text, path) else {
         return; // the engine names the problem
     };
     match &loaded.plan.source.password {
-        crate::plan::Secret::Inline(_) if md.mode() & 0o004 != 0 => tracing::warn!(
-            "unattended: plan {} holds the vCenter password inline and is readable by every local user \
-             (mode {:04o}): chmod 600 it, or better use password = {{ file = \"/etc/osm/vcenter.password\" }}",
+        crate::plan::Secret::Inline(_) if world_readable => tracing::warn!(
+            "unattended: plan {} holds the vCenter password inline and is readable by every local user: \
+             chmod 600 it, or better use password = {{ file = \"/etc/osm/vcenter.password\" }}",
             path.display(),
-            md.mode() & 0o7777
         ),
         crate::plan::Secret::File(f) => {
             if let Ok(m) = std::fs::metadata(f) {
@@ -218,35 +218,65 @@ fn warn_about_secrets(path: &Path, text: &str, md: &std::fs::Metadata) {
     }
 }
 
-/// Start every plan of `dir` not started before. Never fails: every problem becomes a
-/// journal line and a [`PlanError`].
-pub fn run(engine: &Engine, dir: &Path, state_dir: &Path) -> Outcome {
-    let mut out = Outcome::default();
+/// A plan's name (its path, or a pseudo-path for the user-data's) and its text with whether
+/// every local user may read it, or why it is refused.
+type Source = (PathBuf, Result<(String, bool), String>);
+
+/// The plan files of `dir`, each read (or why not). A missing folder has none.
+fn plan_files(dir: &Path) -> Result<Vec<Source>, String> {
     let dir_name = dir.display().to_string();
     let files = match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::info!("unattended: {dir_name} does not exist: no plans to start");
-            return out;
+            tracing::info!("unattended: {dir_name} does not exist: no plan files");
+            return Ok(Vec::new());
         }
         Err(e) => Err(format!("cannot read {dir_name}: {e}")),
         Ok(md) if !md.is_dir() => Err(format!("{dir_name} is not a directory")),
         Ok(md) => check_owner_and_mode(&md)
             .map_err(|why| format!("the folder {dir_name}: {why}"))
             .and_then(|()| list(dir).map_err(|e| format!("cannot list {dir_name}: {e}"))),
-    };
-    let files = match files {
-        Ok(f) => f,
-        Err(message) => {
-            tracing::error!("unattended: {message}; no plan started");
-            out.errors.push(PlanError {
-                file: dir_name,
-                message,
-            });
-            return out;
+    }?;
+    Ok(files.into_iter().map(|p| (p.clone(), read_plan(&p))).collect())
+}
+
+/// The plans of the user-data's `osm:` section (user_data.rs). A missing file has none.
+fn user_data_plans(path: &Path) -> Result<Vec<Source>, String> {
+    if let Err(e) = std::fs::symlink_metadata(path) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(Vec::new());
         }
-    };
-    if files.is_empty() {
-        tracing::info!("unattended: no plans in {dir_name}");
+    }
+    let (text, world_readable) = read_plan(path).map_err(|why| format!("{}: {why}", path.display()))?;
+    let plans = super::user_data::plans(&text).map_err(|why| format!("{}: {why}", path.display()))?;
+    Ok(plans
+        .into_iter()
+        .map(|(p, plan)| (p, plan.map(|t| (t, world_readable))))
+        .collect())
+}
+
+/// Start every plan of `dir`, and of the user-data's `osm:` section, not started before.
+/// Never fails: every problem becomes a journal line and a [`PlanError`].
+pub fn run(engine: &Engine, dir: &Path, user_data: Option<&Path>, state_dir: &Path) -> Outcome {
+    let mut out = Outcome::default();
+    let mut sources = Vec::new();
+    let found = [
+        (dir.display().to_string(), plan_files(dir)),
+        match user_data {
+            Some(p) => (p.display().to_string(), user_data_plans(p)),
+            None => (String::new(), Ok(Vec::new())),
+        },
+    ];
+    for (file, plans) in found {
+        match plans {
+            Ok(p) => sources.extend(p),
+            Err(message) => {
+                tracing::error!("unattended: {message}; no plan of it started");
+                out.errors.push(PlanError { file, message });
+            }
+        }
+    }
+    if sources.is_empty() {
+        tracing::info!("unattended: no plans to start");
         return out;
     }
     let mut record = match Record::load(state_dir) {
@@ -254,7 +284,7 @@ pub fn run(engine: &Engine, dir: &Path, state_dir: &Path) -> Outcome {
         Err(e) => {
             let message = format!(
                 "cannot read the record of started plans ({e}); no plan started, so that none starts twice: \
-                 repair the file, or remove it to start every plan of {dir_name} again"
+                 repair the file, or remove it to start every plan again"
             );
             tracing::error!("unattended: {message}");
             out.errors.push(PlanError {
@@ -265,10 +295,10 @@ pub fn run(engine: &Engine, dir: &Path, state_dir: &Path) -> Outcome {
         }
     };
     let root = Caller { uid: 0, gids: vec![0] };
-    for path in files {
+    for (path, read) in sources {
         let name = file_name(&path);
         let shown = path.display();
-        let (text, md) = match read_plan(&path) {
+        let (text, world_readable) = match read {
             Ok(x) => x,
             Err(why) => {
                 tracing::error!("unattended: plan {shown}: {why}");
@@ -307,7 +337,7 @@ pub fn run(engine: &Engine, dir: &Path, state_dir: &Path) -> Outcome {
             }
             continue;
         }
-        warn_about_secrets(&path, &text, &md);
+        warn_about_secrets(&path, &text, world_readable);
         let req = MigrateRequest {
             plan: text,
             plan_path: shown.to_string(),

@@ -26,12 +26,14 @@ impl Agent {
     pub fn start(dir: &Path, opts: Options) -> Agent {
         let config = dir.join("agent.toml");
         let dbus = opts.dbus.clone().unwrap_or_else(|| "none".into());
-        // Never the host's /etc/osm/plans.d: a test agent must not start real plans.
-        let plans = if opts.extra_config.contains("plans_dir") {
-            String::new()
-        } else {
-            format!("plans_dir = \"{}/plans.d\"\n", dir.display())
-        };
+        // Never the host's /etc/osm/plans.d or user-data: a test agent must not start real plans.
+        let mut plans = String::new();
+        if !opts.extra_config.contains("plans_dir") {
+            plans += &format!("plans_dir = \"{}/plans.d\"\n", dir.display());
+        }
+        if !opts.extra_config.contains("user_data") {
+            plans += "user_data = \"\"\n";
+        }
         let text = format!(
             "[agent]\nsocket = \"{d}/run/osm.sock\"\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\nlog_dir = \"{d}/log\"\ndbus = \"{dbus}\"\n{plans}{}",
             opts.extra_config,

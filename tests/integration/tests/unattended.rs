@@ -133,13 +133,23 @@ fn plans_start_once_and_the_status_reaches_nova() {
     write_plan(&plans, "20-wave1.toml", &valid_plan(), 0o600);
     write_plan(&plans, "30-writable.toml", &valid_plan(), 0o666);
     write_plan(&plans, "README.txt", "not a plan", 0o644);
+    // cloud-init's copy of the user-data, with a plan in its `osm:` section (name without
+    // a format: refused; the valid path runs in tests/twin).
+    let user_data = tmp.path().join("user-data.txt");
+    std::fs::write(
+        &user_data,
+        "#cloud-config\nosm:\n  plans:\n    wave2: |\n      vms = []\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&user_data, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let mut agent = Agent::start(
         tmp.path(),
         Options {
             extra_config: format!(
-                "plans_dir = \"{}\"\n[openstack]\ncloud = \"{}\"\nclouds_file = \"{}\"\nmetadata_url = \"{}\"\n",
+                "plans_dir = \"{}\"\nuser_data = \"{}\"\n[openstack]\ncloud = \"{}\"\nclouds_file = \"{}\"\nmetadata_url = \"{}\"\n",
                 plans.display(),
+                user_data.display(),
                 env("OS_CLOUD"),
                 env("OS_CLIENT_CONFIG_FILE"),
                 env("OSM_METADATA_URL"),
@@ -159,7 +169,11 @@ fn plans_start_once_and_the_status_reaches_nova() {
     let job = jobs[0].id;
     assert!(log.contains("10-broken.toml not started"), "{log}");
     assert!(log.contains("30-writable.toml: writable by every local user"), "{log}");
-    assert!(log.contains("2 not started: 10-broken.toml, 30-writable.toml"), "{log}");
+    assert!(log.contains("user-data:osm.plans.wave2: plan name \"wave2\""), "{log}");
+    assert!(
+        log.contains("3 not started: 10-broken.toml, 30-writable.toml, user-data:osm.plans.wave2"),
+        "{log}"
+    );
     let record = tmp.path().join("state/unattended.json");
     assert_eq!(std::fs::metadata(&record).unwrap().permissions().mode() & 0o777, 0o600);
 
@@ -174,12 +188,13 @@ fn plans_start_once_and_the_status_reaches_nova() {
         (md.contains_key("osm_status")
             && md.contains_key(&vm_key(VM))
             && errors.iter().any(|v| v.starts_with("10-broken.toml: "))
-            && errors.iter().any(|v| v.starts_with("30-writable.toml: ")))
+            && errors.iter().any(|v| v.starts_with("30-writable.toml: "))
+            && errors.iter().any(|v| v.starts_with("user-data:osm.plans.wave2: ")))
         .then_some(md)
     });
     eprintln!("--- conversion host metadata ---\n{md:#?}");
     let status = &md["osm_status"];
-    assert!(status.contains("2 plan errors; updated 20"), "{status}");
+    assert!(status.contains("3 plan errors; updated 20"), "{status}");
     for (k, v) in &md {
         assert!(v.chars().count() <= 255, "{k}");
     }
