@@ -57,6 +57,9 @@ pub struct MigrationInfo {
     /// Predicted downtime of a cutover now: shutdown + one delta of the measured dirty
     /// rate + snapshot handling (seconds; 0 until a delta round was measured).
     pub predicted_downtime_seconds: f64,
+    /// The downtime measured once the migration is done: from the start of the guest's
+    /// shutdown to the migrated server ACTIVE, agent restarts included (0 before).
+    pub downtime_seconds: f64,
     /// Waiting for `osmctl cutover` (manual), or the RFC 3339 time it happens at.
     pub cutover: String,
     /// Cinder volume ids, in the VM's disk order.

@@ -90,12 +90,23 @@ fn migration_table(jobs: &[&JobInfo]) -> String {
             j.state.as_str(),
             100.0 * j.progress,
             m.sync_rounds,
-            duration(m.predicted_downtime_seconds),
+            downtime(&m),
             or_dash(&m.cutover),
             detail(j)
         );
     }
     out
+}
+
+/// The measured downtime once known, else a warm migration's prediction (`~`), else "-".
+fn downtime(m: &MigrationInfo) -> String {
+    if m.downtime_seconds > 0.0 {
+        duration(m.downtime_seconds)
+    } else if m.mode == "warm" && m.predicted_downtime_seconds > 0.0 {
+        format!("~{}", duration(m.predicted_downtime_seconds))
+    } else {
+        "-".into()
+    }
 }
 
 /// One migration job in full: its table row, then volumes, server, last round and step times.
@@ -177,8 +188,8 @@ pub fn progress_line(j: &JobInfo) -> String {
     let line = copy_progress_line(j);
     let Some(m) = &j.migration else { return line };
     let mut extra = vec![format!("{} rounds", m.sync_rounds)];
-    if m.predicted_downtime_seconds > 0.0 {
-        extra.push(format!("downtime ~{}", duration(m.predicted_downtime_seconds)));
+    if m.downtime_seconds > 0.0 || m.predicted_downtime_seconds > 0.0 {
+        extra.push(format!("downtime {}", downtime(m)));
     }
     if !m.cutover.is_empty() {
         extra.push(format!("cutover {}", m.cutover));
@@ -320,9 +331,24 @@ mod tests {
         assert!(lines[0].contains("KIND") && lines[1].contains("copy"), "{t}");
         assert_eq!(lines[2], "");
         assert!(lines[3].contains("VM") && lines[3].contains("DOWNTIME"), "{t}");
-        for want in ["web-1", "warm", "50.0%", " 3 ", "2m05s", "manual", "copying"] {
+        for want in ["web-1", "warm", "50.0%", " 3 ", "~2m05s", "manual", "copying"] {
             assert!(lines[4].contains(want), "{want} in {t}");
         }
+        // Cold: no prediction (the copy of a stopped VM); the measured downtime once done.
+        let cold = |downtime_seconds| MigrationInfo {
+            vm: "db-1".into(),
+            mode: "cold".into(),
+            predicted_downtime_seconds: 23.0,
+            downtime_seconds,
+            cutover: "cold: at the start".into(),
+            ..Default::default()
+        };
+        let row = |t: String| t.lines().nth(1).unwrap().to_string();
+        let running = row(migration_table(&[&job(4, Some(cold(0.0)))]));
+        assert!(running.contains("  -  ") && !running.contains("23 s"), "{running}");
+        let done = row(migration_table(&[&job(4, Some(cold(580.0)))]));
+        assert!(done.contains("9m40s") && done.contains("cold: at the start"), "{done}");
+        assert!(progress_line(&job(4, Some(cold(580.0)))).contains("downtime 9m40s"));
         assert!(!table(&[job(3, None)]).contains("DOWNTIME"));
         assert!(table(&[]).contains("KIND"));
         let p = progress_line(&job(2, table_vm()));

@@ -63,6 +63,19 @@ fn cold_migration_of_the_two_disk_guest_converts_boots_and_keeps_its_data() {
         );
         eprintln!("cold migration steps: {}", step_timings(&done));
         assert_eq!(m.volumes.len(), 2);
+        assert_eq!(m.cutover, "cold: at the start");
+        // The measured downtime spans at least the steps after the shutdown.
+        let after: f64 = m
+            .steps
+            .iter()
+            .filter(|t| ["cutover", "conversion", "detach", "network", "boot"].contains(&t.step.as_str()))
+            .map(|t| t.seconds)
+            .sum();
+        assert!(
+            m.downtime_seconds + 1.0 >= after,
+            "downtime {} < steps {after}",
+            m.downtime_seconds
+        );
         // The data disk's files are intact (virt-v2v mounts the guest's filesystems, so
         // superblock bytes change; the copy's exactness is the warm test's byte check).
         for (file, sha) in data_files(&volume_file(&m.volumes[1])) {
@@ -230,6 +243,18 @@ fn warm_migration_reads_exactly_the_written_areas_and_cuts_over_to_equal_bytes()
         eprintln!("warm migration steps: {}", step_timings(&done));
         let m = done.migration.unwrap();
         assert_eq!(m.last_round_bytes, 1 << 20, "the final round reads the last write only");
+        // Measured from the shutdown to ACTIVE: less than the whole job, which began earlier.
+        let total: f64 = m
+            .steps
+            .iter()
+            .filter(|t| !t.step.ends_with(" round") && t.step != "shutdown")
+            .map(|t| t.seconds)
+            .sum();
+        assert!(
+            m.downtime_seconds > 0.0 && m.downtime_seconds < total + 1.0,
+            "downtime {} of {total}",
+            m.downtime_seconds
+        );
         for (d, v) in src.disks.iter().zip(&m.volumes) {
             assert_eq!(
                 sha256_prefix(&volume_file(v), d.capacity_bytes),

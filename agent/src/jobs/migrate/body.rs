@@ -121,6 +121,9 @@ impl Ctx {
         self.update(|s| {
             s.add_timing(phase.as_str(), secs);
             s.phase = next;
+            if phase == Phase::Boot {
+                s.up_again_unix = now_unix();
+            }
         })
     }
 }
@@ -533,6 +536,11 @@ async fn cutover(ctx: &Ctx) -> Result<(), JobError> {
             super::disks::sync_round(ctx, Phase::Warm).await?;
         }
         ctx.engine.set_step(ctx.id, "cutover: shutting the guest down");
+        ctx.update(|s| {
+            if s.down_since_unix == 0 {
+                s.down_since_unix = now_unix();
+            }
+        })?;
         let timeout = ctx.engine.settings().migration.shutdown_timeout;
         let t = Instant::now();
         let how = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {

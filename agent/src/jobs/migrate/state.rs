@@ -114,6 +114,9 @@ pub struct State {
     pub steps: Vec<StepTiming>,
     /// Unix time of the last full or delta round's end.
     pub last_sync_unix: u64,
+    /// The downtime's ends: the guest's shutdown began; the migrated server was ACTIVE.
+    pub down_since_unix: u64,
+    pub up_again_unix: u64,
 }
 
 impl State {
@@ -129,7 +132,12 @@ impl State {
             last_round_bytes: self.last_round_bytes,
             last_round_seconds: self.last_round_seconds,
             predicted_downtime_seconds: self.predicted_downtime_seconds,
+            downtime_seconds: match (self.down_since_unix, self.up_again_unix) {
+                (0, _) | (_, 0) => 0.0,
+                (down, up) => up.saturating_sub(down) as f64,
+            },
             cutover: match (&self.cutover, &job.plan.cutover) {
+                _ if job.plan.mode == crate::plan::Mode::Cold => "cold: at the start".into(),
                 (Some(t), _) if t.is_empty() => "now".into(),
                 (Some(t), _) => t.clone(),
                 (None, crate::plan::Cutover::Immediate) => "after the full sync".into(),
