@@ -34,7 +34,13 @@ pub trait Manager {
 
     /// One migration job per VM of the plan (`vms` empty: all); the jobs and the plan's
     /// warnings. `plan` is the plan's text, `plan_path` where it came from.
-    fn migrate(&self, plan: &str, plan_path: &str, vms: &[&str]) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<String>)>;
+    fn migrate(
+        &self,
+        plan: &str,
+        plan_path: &str,
+        vms: &[&str],
+        again: bool,
+    ) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<String>)>;
 
     /// vCenter's VMs as a JSON list of `vsphere::VmInfo`; `folder` "" for everywhere.
     fn discover(&self, vms: &[&str], folder: &str) -> zbus::Result<String>;

@@ -13,6 +13,10 @@ pub struct MigrateRequest {
     /// Migrate only these VMs of the plan (all when empty).
     #[serde(default)]
     pub vms: Vec<String>,
+    /// Migrate a VM once more although its newest migration succeeded (a second server
+    /// and new volumes); without it such a VM is refused.
+    #[serde(default)]
+    pub again: bool,
 }
 
 /// The reply to `migrate`: the jobs started and what the operator should know.

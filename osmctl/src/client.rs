@@ -159,7 +159,10 @@ impl Client {
                 let conn = conn.clone();
                 let m = ManagerProxy::new(&conn).await?;
                 let vms: Vec<&str> = req.vms.iter().map(String::as_str).collect();
-                let (paths, warnings) = m.migrate(&req.plan, &req.plan_path, &vms).await.map_err(dbus_err)?;
+                let (paths, warnings) = m
+                    .migrate(&req.plan, &req.plan_path, &vms, req.again)
+                    .await
+                    .map_err(dbus_err)?;
                 let mut jobs = Vec::new();
                 for p in paths {
                     jobs.push(job_from_dbus(&conn, p.as_str()).await?);

@@ -86,6 +86,10 @@ enum Command {
         /// Follow the jobs until they end; exit status 1 unless all succeeded.
         #[arg(long)]
         watch: bool,
+        /// Migrate VMs that were already migrated successfully once more: a second server
+        /// with new volumes (delete the first server's ports first: they hold the source MACs).
+        #[arg(long)]
+        again: bool,
     },
     /// Run one more delta round of a warm migration now.
     Sync {
@@ -261,7 +265,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             print_job(&job, cli.output);
             Ok(ok)
         }
-        Command::Migrate { plan, vms, watch } => migrate(&mut client, &plan, vms, watch, cli.output).await,
+        Command::Migrate {
+            plan,
+            vms,
+            watch,
+            again,
+        } => migrate(&mut client, &plan, vms, watch, again, cli.output).await,
         Command::Sync { job } => {
             let id = resolve(&mut client, &job).await?;
             let j = client.sync(id).await?;
@@ -432,6 +441,7 @@ async fn migrate(
     plan: &std::path::Path,
     vms: Vec<String>,
     follow: bool,
+    again: bool,
     out: Output,
 ) -> anyhow::Result<std::process::ExitCode> {
     let text = std::fs::read_to_string(plan).with_context(|| format!("cannot read plan {}", plan.display()))?;
@@ -441,6 +451,7 @@ async fn migrate(
             plan: text,
             plan_path: plan_path.to_string_lossy().into_owned(),
             vms,
+            again,
         })
         .await?;
     for w in &reply.warnings {

@@ -149,7 +149,8 @@ impl Manager {
 
     /// Start one migration job per VM of a plan (its text; `plan_path` names it in
     /// messages and picks the format: `*.yaml`/`*.yml` the seed's vars.yaml, else TOML);
-    /// `vms` empty means all of the plan's VMs. Returns the jobs and the plan's warnings.
+    /// `vms` empty means all of the plan's VMs; `again` migrates VMs whose newest migration
+    /// succeeded once more (else refused). Returns the jobs and the plan's warnings.
     #[zbus(out_args("jobs", "warnings"))]
     async fn migrate(
         &self,
@@ -158,11 +159,16 @@ impl Manager {
         plan: String,
         plan_path: String,
         vms: Vec<String>,
+        again: bool,
     ) -> Result<(Vec<OwnedObjectPath>, Vec<String>), DbusError> {
         let who = caller(conn, &hdr).await?;
-        let reply = self
-            .engine
-            .start_migrate(&who, MigrateRequest { plan, plan_path, vms })?;
+        let req = MigrateRequest {
+            plan,
+            plan_path,
+            vms,
+            again,
+        };
+        let reply = self.engine.start_migrate(&who, req)?;
         Ok((reply.jobs.iter().map(|j| path(j.id)).collect(), reply.warnings))
     }
 

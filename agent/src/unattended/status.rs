@@ -270,6 +270,7 @@ mod tests {
                 last_round_bytes: 0,
                 last_round_seconds: 0.0,
                 predicted_downtime_seconds: 0.0,
+                downtime_seconds: 0.0,
                 cutover: String::new(),
                 volumes: vec![],
                 server_id: String::new(),

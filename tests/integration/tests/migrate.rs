@@ -255,6 +255,16 @@ fn warm_migration_reads_exactly_the_written_areas_and_cuts_over_to_equal_bytes()
             "downtime {} of {total}",
             m.downtime_seconds
         );
+        // Migrating it again by mistake is refused, and starts nothing.
+        let out = agent.osmctl(&["migrate", "--plan", plan.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("already migrated by job") && err.contains("--again"),
+            "{err}"
+        );
+        let r = agent.request(&osm_api::Request::ListJobs);
+        let jobs: Vec<JobInfo> = serde_json::from_value(r.result.unwrap()).unwrap();
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
         for (d, v) in src.disks.iter().zip(&m.volumes) {
             assert_eq!(
                 sha256_prefix(&volume_file(v), d.capacity_bytes),

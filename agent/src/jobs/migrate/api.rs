@@ -12,7 +12,8 @@ use crate::jobs::Caller;
 impl Engine {
     /// Validate the plan and start one job per VM (all of the plan's, or those named).
     /// A VM whose earlier migration failed or was cancelled continues from that job's
-    /// state (its volumes and copied data are reused).
+    /// state (its volumes and copied data are reused); one whose newest migration
+    /// succeeded is refused unless `again` (then it starts afresh).
     pub fn start_migrate(&self, caller: &Caller, req: MigrateRequest) -> Result<MigrateReply, Error> {
         self.authorize(caller)?;
         let loaded = crate::plan::parse(&req.plan, Path::new(&req.plan_path))
@@ -42,6 +43,21 @@ impl Engine {
                 return Err(Error::InvalidState(format!(
                     "VM '{vm}' is already being migrated by job {} ({}); `osmctl watch {}` follows it",
                     j.id, j.step, j.id
+                )));
+            }
+        }
+        for vm in &vms {
+            let newest = existing
+                .iter()
+                .rev()
+                .find(|j| j.migration.as_ref().is_some_and(|m| &m.vm == vm));
+            if let Some(j) = newest.filter(|j| j.state == osm_api::JobState::Succeeded && !req.again) {
+                let server = j.migration.as_ref().map(|m| m.server_id.as_str()).unwrap_or_default();
+                return Err(Error::InvalidState(format!(
+                    "VM '{vm}' was already migrated by job {} (server {server}); nothing was started. \
+                     To migrate it once more (a second server, new volumes), delete that server's ports \
+                     first (they hold the source MACs) and run `osmctl migrate --again`",
+                    j.id
                 )));
             }
         }
