@@ -265,6 +265,28 @@ fn warm_migration_reads_exactly_the_written_areas_and_cuts_over_to_equal_bytes()
         let r = agent.request(&osm_api::Request::ListJobs);
         let jobs: Vec<JobInfo> = serde_json::from_value(r.result.unwrap()).unwrap();
         assert_eq!(jobs.len(), 1, "{jobs:?}");
+        // With --again it starts, but the checks find the source MAC on the first server's
+        // port and stop before any volume is made.
+        let out = agent.osmctl(&[
+            "--output",
+            "json",
+            "migrate",
+            "--again",
+            "--plan",
+            plan.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let again: MigrateReply = serde_json::from_slice(&out.stdout).unwrap();
+        let failed = agent.wait_job(again.jobs[0].id, 120);
+        assert_eq!(failed.state, JobState::Failed, "{failed:?}");
+        assert!(
+            failed.error.contains("is already on port")
+                && failed.error.contains(&format!("used by server {}", m.server_id))
+                && failed.error.contains("openstack port delete"),
+            "{}",
+            failed.error
+        );
+        assert!(failed.migration.unwrap().volumes.is_empty(), "no volume made");
         for (d, v) in src.disks.iter().zip(&m.volumes) {
             assert_eq!(
                 sha256_prefix(&volume_file(v), d.capacity_bytes),

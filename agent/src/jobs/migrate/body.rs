@@ -433,6 +433,13 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
         ));
     }
     super::boot::check_network_map(ctx, &vm).map_err(|e| fail(p, e))?;
+    if before < Phase::Boot {
+        // From the boot on, the ports belong to this job's server (recorded or not yet).
+        let own_server = ctx.snapshot_state().server_id;
+        super::boot::check_macs_free(ctx, &vm, &own_server)
+            .await
+            .map_err(|e| fail(p, e))?;
+    }
     if before <= Phase::Volumes {
         let sizes: Vec<u64> = vm.disks.iter().map(|d| d.capacity_bytes).collect();
         ctx.os

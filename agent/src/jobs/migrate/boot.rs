@@ -36,6 +36,40 @@ pub fn check_network_map(ctx: &Ctx, vm: &VmInfo) -> Result<(), String> {
     ))
 }
 
+/// A source MAC on a port that another server uses (the VM migrated before, a manual
+/// attempt) would fail the boot after the whole copy and conversion: refuse at the checks.
+/// Ports without a server (this job's, or a failed one's) are reused later and pass.
+pub async fn check_macs_free(ctx: &Ctx, vm: &VmInfo, own_server: &str) -> Result<(), String> {
+    if !ctx.job.plan.network.create_ports {
+        return Ok(()); // Neutron picks the MACs
+    }
+    for nic in &vm.nics {
+        let Some(name) = network_of(ctx, nic) else {
+            continue; // check_network_map names it
+        };
+        let net = ctx.os.find_network(name).await.map_err(|e| e.to_string())?;
+        let mac = nic.mac.to_ascii_lowercase();
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("network_id", &net.id)
+            .append_pair("mac_address", &mac)
+            .finish();
+        let ports = ctx.os.list_ports(&query).await.map_err(|e| e.to_string())?;
+        if let Some(port) = ports
+            .iter()
+            .find(|p| !p.device_id.is_empty() && p.device_id != own_server)
+        {
+            return Err(format!(
+                "the MAC {mac} of '{}' is already on port {} of network {name}, used by server {}: \
+                 the VM was migrated before, or someone made that port. Delete the port \
+                 (`openstack port delete {}`) once that server no longer needs it, or set \
+                 create_ports = false to let Neutron pick new MACs",
+                nic.label, port.id, port.device_id, port.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Ports (one per NIC, with its MAC) and the flavor.
 pub async fn network_and_flavor(ctx: &Ctx) -> Result<(), JobError> {
     let p = Phase::Network;
