@@ -199,7 +199,13 @@ def test_twin_boots_and_migrates_unattended(image):
         password = open(ENV["OSM_VC_PASSWORD_FILE"]).read().strip()
         assert password not in journal
 
-        meta = openstack("server", "show", host["id"], "-f", "json")["properties"]
+        # The agent publishes a few seconds after the last change (debounced): wait for it.
+        deadline = time.monotonic() + 120
+        while True:
+            meta = openstack("server", "show", host["id"], "-f", "json")["properties"]
+            if meta.get(f"osm_vm_{VM}", "").startswith("succeeded") or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert meta.get(f"osm_vm_{VM}", "").startswith("succeeded"), meta
         assert any("20-broken.toml" in v for k, v in meta.items() if k.startswith("osm_plan_error_")), meta
         assert meta.get("osm_status", "").startswith("1 done; 1 plan error"), meta
