@@ -22,19 +22,6 @@ fn migrate(agent: &osm_integration_tests::agent::Agent, plan: &std::path::Path) 
     r.jobs.into_iter().next().unwrap()
 }
 
-fn step_timings(j: &JobInfo) -> String {
-    j.migration
-        .as_ref()
-        .map(|m| {
-            m.steps
-                .iter()
-                .map(|s| format!("{} {:.1}s", s.step, s.seconds))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
-}
-
 /// The acceptance run: the two-disk Debian guest, converted by virt-v2v-in-place (TCG),
 /// boots from its volumes to a login prompt; its data disk is byte-identical.
 #[test]
@@ -61,7 +48,10 @@ fn cold_migration_of_the_two_disk_guest_converts_boots_and_keeps_its_data() {
             done.error,
             agent.stderr()
         );
-        eprintln!("cold migration steps: {}", step_timings(&done));
+        eprintln!(
+            "cold migration steps: {}",
+            step_timings(done.migration.as_ref().expect("migration info"))
+        );
         assert_eq!(m.volumes.len(), 2);
         assert_eq!(m.cutover, "cold: at the start");
         // The measured downtime spans at least the steps after the shutdown.
@@ -240,7 +230,10 @@ fn warm_migration_reads_exactly_the_written_areas_and_cuts_over_to_equal_bytes()
         );
         let done = agent.wait_job(job.id, 600);
         assert_eq!(done.state, JobState::Succeeded, "{}\n{}", done.error, agent.stderr());
-        eprintln!("warm migration steps: {}", step_timings(&done));
+        eprintln!(
+            "warm migration steps: {}",
+            step_timings(done.migration.as_ref().expect("migration info"))
+        );
         let m = done.migration.unwrap();
         assert_eq!(m.last_round_bytes, 1 << 20, "the final round reads the last write only");
         // Measured from the shutdown to ACTIVE: less than the whole job, which began earlier.

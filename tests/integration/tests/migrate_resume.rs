@@ -404,14 +404,7 @@ fn cold_run(bed: &Bed, points: &[Point]) -> Vec<Kill> {
             done.bytes_read >> 20,
             t.elapsed().as_secs_f64()
         );
-        eprintln!(
-            "  steps: {}",
-            m.steps
-                .iter()
-                .map(|s| format!("{} {:.1}s", s.step, s.seconds))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        eprintln!("  steps: {}", step_timings(&m));
         if kills.iter().any(|k| !k.at.is_empty()) {
             assert!(agent.stderr().contains("resuming job"), "the job resumed");
         }
@@ -599,14 +592,7 @@ fn kill_9_during_a_warm_delta_round_resumes_it_and_the_cutover_misses_no_write()
             m.sync_rounds,
             t.elapsed().as_secs_f64()
         );
-        eprintln!(
-            "  steps: {}",
-            m.steps
-                .iter()
-                .map(|s| format!("{} {:.1}s", s.step, s.seconds))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        eprintln!("  steps: {}", step_timings(&m));
         verify(&bed, &m);
         // Disk 1's delta (8 MiB) is smaller than a window: at most all of it again.
         let window = WINDOW + 8 * MIB;
