@@ -13,6 +13,7 @@ About 6-10 min on 2 cores, most of it the guest's boot and cloud-init under TCG.
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,7 @@ def test_twin_boots_and_migrates_unattended(image):
     make_seed(seed_img, {"user-data": ud, "meta-data": f"instance-id: {host['id']}\nlocal-hostname: osm-twin\n"})
 
     guest = Guest(image, seed_img, run_dir)
+    passed = False
     try:
         t0 = time.monotonic()
         guest.wait_agent(600)
@@ -228,9 +230,13 @@ def test_twin_boots_and_migrates_unattended(image):
         assert code == 1 and "belong to the migrated server" in err, (code, err)
         assert guest.shutdown() == 0, "the guest did not power off cleanly"
         print(f"twin: powered off after {time.monotonic() - t0:.0f}s")
+        passed = True
     finally:
         guest.kill()
+        os.unlink(seed_img)  # it carries the password and the credentials
         try:
             remove_leftovers(vim)
         except (AssertionError, SoapFault) as e:
             print(f"twin: clean-up: {e}")
+    if passed:  # else the serial and qemu logs stay for the post-mortem
+        shutil.rmtree(run_dir)
