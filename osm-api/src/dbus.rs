@@ -40,6 +40,7 @@ pub trait Manager {
         plan_path: &str,
         vms: &[&str],
         again: bool,
+        fresh: bool,
     ) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<String>)>;
 
     /// vCenter's VMs as a JSON list of `vsphere::VmInfo`; `folder` "" for everywhere.

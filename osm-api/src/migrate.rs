@@ -17,6 +17,10 @@ pub struct MigrateRequest {
     /// and new volumes); without it such a VM is refused.
     #[serde(default)]
     pub again: bool,
+    /// Start afresh (new volumes, a full copy) instead of continuing the VM's newest
+    /// failed or cancelled migration.
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 /// The reply to `migrate`: the jobs started and what the operator should know.

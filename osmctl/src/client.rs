@@ -160,7 +160,7 @@ impl Client {
                 let m = ManagerProxy::new(&conn).await?;
                 let vms: Vec<&str> = req.vms.iter().map(String::as_str).collect();
                 let (paths, warnings) = m
-                    .migrate(&req.plan, &req.plan_path, &vms, req.again)
+                    .migrate(&req.plan, &req.plan_path, &vms, req.again, req.fresh)
                     .await
                     .map_err(dbus_err)?;
                 let mut jobs = Vec::new();

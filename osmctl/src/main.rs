@@ -90,6 +90,11 @@ enum Command {
         /// with new volumes (delete the first server's ports first: they hold the source MACs).
         #[arg(long)]
         again: bool,
+        /// Start afresh (new volumes, a full copy) instead of continuing the VM's newest
+        /// failed or cancelled migration, e.g. when its plan changed (mode, cutover,
+        /// network, flavor) or its volumes are not to be trusted.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Run one more delta round of a warm migration now.
     Sync {
@@ -270,7 +275,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             vms,
             watch,
             again,
-        } => migrate(&mut client, &plan, vms, watch, again, cli.output).await,
+            fresh,
+        } => migrate(&mut client, &plan, vms, watch, (again, fresh), cli.output).await,
         Command::Sync { job } => {
             let id = resolve(&mut client, &job).await?;
             let j = client.sync(id).await?;
@@ -441,7 +447,7 @@ async fn migrate(
     plan: &std::path::Path,
     vms: Vec<String>,
     follow: bool,
-    again: bool,
+    (again, fresh): (bool, bool),
     out: Output,
 ) -> anyhow::Result<std::process::ExitCode> {
     let text = std::fs::read_to_string(plan).with_context(|| format!("cannot read plan {}", plan.display()))?;
@@ -452,6 +458,7 @@ async fn migrate(
             plan_path: plan_path.to_string_lossy().into_owned(),
             vms,
             again,
+            fresh,
         })
         .await?;
     for w in &reply.warnings {

@@ -150,8 +150,10 @@ impl Manager {
     /// Start one migration job per VM of a plan (its text; `plan_path` names it in
     /// messages and picks the format: `*.yaml`/`*.yml` the seed's vars.yaml, else TOML);
     /// `vms` empty means all of the plan's VMs; `again` migrates VMs whose newest migration
-    /// succeeded once more (else refused). Returns the jobs and the plan's warnings.
+    /// succeeded once more (else refused); `fresh` starts afresh instead of continuing a
+    /// failed or cancelled migration. Returns the jobs and the plan's warnings.
     #[zbus(out_args("jobs", "warnings"))]
+    #[allow(clippy::too_many_arguments)] // the D-Bus method's arguments, plus zbus's header and connection
     async fn migrate(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -160,6 +162,7 @@ impl Manager {
         plan_path: String,
         vms: Vec<String>,
         again: bool,
+        fresh: bool,
     ) -> Result<(Vec<OwnedObjectPath>, Vec<String>), DbusError> {
         let who = caller(conn, &hdr).await?;
         let req = MigrateRequest {
@@ -167,6 +170,7 @@ impl Manager {
             plan_path,
             vms,
             again,
+            fresh,
         };
         let reply = self.engine.start_migrate(&who, req)?;
         Ok((reply.jobs.iter().map(|j| path(j.id)).collect(), reply.warnings))

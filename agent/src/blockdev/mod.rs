@@ -158,6 +158,44 @@ pub fn find_byid(byid_dir: &Path, volume_id: &str) -> Option<(PathBuf, PathBuf)>
         .find_map(|p| std::fs::canonicalize(&p).ok().map(|d| (p, d)))
 }
 
+/// Whether `device` (as recorded at attach) is still the volume's: the by-id link of its
+/// serial, or for a device found by the lsblk diff its sysfs serial, must name the
+/// volume, resolve to a block device, and have the volume's size (`size`, or larger: Cinder
+/// rounds up to GiB). The reason when not.
+pub fn verify(byid_dir: &Path, volume_id: &str, device: &str, size: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = Path::new(device);
+    let node = std::fs::canonicalize(path).map_err(|_| format!("its device {device} is gone"))?;
+    if !std::fs::metadata(&node).is_ok_and(|m| m.file_type().is_block_device()) {
+        return Err(format!("{device} is not a block device"));
+    }
+    let named = match find_byid(byid_dir, volume_id) {
+        Some((_, dev)) => dev == node,
+        None => serial_of(&node).is_some_and(|s| !s.is_empty() && volume_id.starts_with(&s)),
+    };
+    if !named {
+        return Err(format!(
+            "{device} ({}) no longer carries the volume's serial",
+            node.display()
+        ));
+    }
+    match device_size(&node) {
+        Ok(n) if n >= size => Ok(()),
+        Ok(n) => Err(format!("{device} has {n} bytes, less than the disk's {size}")),
+        Err(e) => Err(format!("{device}: {e}")),
+    }
+}
+
+/// The serial a virtio disk reports in sysfs (the first 20 characters of the volume id).
+fn serial_of(node: &Path) -> Option<String> {
+    let name = node.file_name()?;
+    let sys = Path::new("/sys/class/block").join(name);
+    ["serial", "device/serial"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(sys.join(f)).ok())
+        .map(|s| s.trim().to_string())
+}
+
 /// Size in bytes of a block device (from sysfs) or of a regular file.
 pub fn device_size(dev: &Path) -> std::io::Result<u64> {
     if let Some(name) = dev.file_name() {

@@ -34,6 +34,9 @@ pub enum JobError {
     /// Cancelled by the user, or paused by shutdown (the engine tells which).
     #[error("stopped")]
     Stopped,
+    /// A migration went back to an earlier step (the source runs again): walk on from there.
+    #[error("the migration went back to its cutover")]
+    Rewound,
 }
 
 impl From<CopyError> for JobError {
@@ -210,6 +213,7 @@ fn run(
         target: PathBuf::from(&request.target),
         extents: request.extents.clone(),
         target_is_zero: request.target_is_zero,
+        device_only: false,
         tuning: CopySettings {
             connections: request.connections.map_or(s.copy.connections, |n| n as usize),
             ..s.copy.clone()

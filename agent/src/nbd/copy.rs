@@ -20,6 +20,9 @@ pub struct CopySpec {
     /// `None`: the whole disk.
     pub extents: Option<Vec<Extent>>,
     pub target_is_zero: bool,
+    /// The target must be an existing block device (migrations: never a file made in
+    /// place of a vanished volume).
+    pub device_only: bool,
     pub tuning: Tuning,
 }
 
@@ -160,7 +163,7 @@ pub fn run(
     } else {
         1
     };
-    let target = Target::open(&spec.target, size)?;
+    let target = Target::open(&spec.target, size, spec.device_only)?;
     let target_is_zero = spec.target_is_zero || target.created;
     let chunks = plan_chunks(size, spec.extents.as_deref(), spec.tuning.chunk_size)?;
 

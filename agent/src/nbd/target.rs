@@ -12,6 +12,8 @@ pub const ALIGN: usize = 4096;
 pub enum TargetError {
     #[error("cannot open target {path}: {source}; check that it exists (or its folder does) and that osm-agent may write it")]
     Open { path: PathBuf, source: std::io::Error },
+    #[error("target {path} is not a block device (it is missing or another kind of file); a migration writes only to its volume's device: is the volume still attached to this host?")]
+    NotADevice { path: PathBuf },
     #[error("target {path} is {have} bytes but the source is {need} bytes; use a target at least as large")]
     TooSmall { path: PathBuf, have: u64, need: u64 },
     #[error("writing {len} bytes at offset {offset} of {path}: {source}")]
@@ -37,11 +39,18 @@ pub struct Target {
 
 impl Target {
     /// Open (or create, as a sparse file of `need` bytes) the target and check its size.
-    pub fn open(path: &Path, need: u64) -> Result<Target, TargetError> {
+    /// With `device_only`, the target must be an existing block device: nothing is
+    /// created in place of a device that vanished.
+    pub fn open(path: &Path, need: u64, device_only: bool) -> Result<Target, TargetError> {
         let open_err = |source| TargetError::Open {
             path: path.to_path_buf(),
             source,
         };
+        if device_only && !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Err(TargetError::NotADevice {
+                path: path.to_path_buf(),
+            });
+        }
         let created = !path.exists();
         let buffered = OpenOptions::new()
             .read(true)

@@ -52,6 +52,19 @@ pub struct Plan {
     pub instance_uuid: Option<String>,
     #[serde(default)]
     pub debug: bool,
+    /// After a failure before any server exists, leave a source that osm shut down off
+    /// (default: osm powers it on again).
+    #[serde(default)]
+    pub keep_source_off_on_failure: bool,
+    /// New volumes of every volume type read as zeros (the backend zeroes them, as most
+    /// do): a whole copy onto a volume osm just created skips zero runs. `false` makes
+    /// every copy write its zeros.
+    #[serde(default = "zeroed")]
+    pub new_volumes_read_as_zeros: bool,
+}
+
+fn zeroed() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -153,6 +153,8 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
         )?,
         instance_uuid: opt_str(take("import_workloads_instance_uuid"), "import_workloads_instance_uuid")?,
         debug: opt_bool(take("import_workloads_debug"), "import_workloads_debug")?.unwrap_or(false),
+        keep_source_off_on_failure: false,
+        new_volumes_read_as_zeros: true,
     };
     for (k, _) in m {
         let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));

@@ -343,6 +343,7 @@ pub fn run(engine: &Engine, dir: &Path, user_data: Option<&Path>, state_dir: &Pa
             plan_path: shown.to_string(),
             vms: Vec::new(),
             again: false, // a changed plan never migrates a VM a second time by itself
+            fresh: false,
         };
         let entry = match engine.start_migrate(&root, req) {
             Ok(reply) => {

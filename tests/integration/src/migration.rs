@@ -265,3 +265,31 @@ pub fn step_timings(m: &MigrationInfo) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// `osmctl --output json migrate --plan PLAN [extra…]`, as it ran.
+pub fn migrate_with(agent: &Agent, plan: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--output", "json", "migrate", "--plan", plan.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    agent.osmctl(&args)
+}
+
+/// Start the plan's one migration; its job.
+pub fn migrate(agent: &Agent, plan: &Path) -> osm_api::JobInfo {
+    let out = migrate_with(agent, plan, &[]);
+    assert!(
+        out.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: osm_api::MigrateReply = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.jobs.len(), 1);
+    r.jobs.into_iter().next().unwrap()
+}
+
+/// The source VM's power state as vCenter reports it.
+pub async fn power_state(ep: &Endpoint, moref: &str) -> String {
+    let r = vsphere::snapshot::vm_ref(moref);
+    vsphere::with_client(ep, async |c: &vsphere::Client| c.power_state(&r).await)
+        .await
+        .unwrap()
+}

@@ -203,7 +203,13 @@ async fn migration_calls_over_dbus() {
     let conn = connect(&bus.address).await;
     let manager = ManagerProxy::new(&conn).await.unwrap();
     let err = manager
-        .migrate("vms = [\"a\"]\nmdoe = 1\n", "/etc/osm/plans.d/p.toml", &[], false)
+        .migrate(
+            "vms = [\"a\"]\nmdoe = 1\n",
+            "/etc/osm/plans.d/p.toml",
+            &[],
+            false,
+            false,
+        )
         .await
         .unwrap_err();
     let zbus::Error::MethodError(name, msg, _) = &err else {

@@ -10,18 +10,6 @@ use osm_api::{JobInfo, JobState, MigrateReply};
 use osm_integration_tests::migration::*;
 use osm_integration_tests::wait_for;
 
-fn migrate(agent: &osm_integration_tests::agent::Agent, plan: &std::path::Path) -> JobInfo {
-    let out = agent.osmctl(&["--output", "json", "migrate", "--plan", plan.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "migrate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: MigrateReply = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r.jobs.len(), 1);
-    r.jobs.into_iter().next().unwrap()
-}
-
 /// The acceptance run: the two-disk Debian guest, converted by virt-v2v-in-place (TCG),
 /// boots from its volumes to a login prompt; its data disk is byte-identical.
 #[test]

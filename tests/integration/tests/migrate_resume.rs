@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use osm_agent::cloud::openstack::session::Body;
 use osm_agent::cloud::openstack::{Client, Server, Service};
 use osm_api::vsphere::VmInfo;
-use osm_api::{JobInfo, JobState, MigrateReply, MigrationInfo};
+use osm_api::{JobInfo, JobState, MigrationInfo};
 use osm_integration_tests::agent::{Agent, Options};
 use osm_integration_tests::disk;
 use osm_integration_tests::migration::*;
@@ -139,17 +139,6 @@ fn start_agent(dir: &Path, reads: &SourceReads, migration: &str) -> Agent {
             ..Default::default()
         },
     )
-}
-
-fn migrate(agent: &Agent, plan: &Path) -> JobInfo {
-    let out = agent.osmctl(&["--output", "json", "migrate", "--plan", plan.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "migrate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: MigrateReply = serde_json::from_slice(&out.stdout).unwrap();
-    r.jobs.into_iter().next().unwrap()
 }
 
 /// The journey's order, from the job's step text.

@@ -24,6 +24,7 @@ mod error;
 mod glance;
 mod neutron;
 mod nova;
+pub mod prereqs;
 pub mod session;
 pub mod settings;
 pub mod types;
@@ -78,6 +79,11 @@ pub trait OpenStack: Send + Sync {
     /// Ports matching a Neutron query string, e.g. `tags=osm-vm-vm-42`.
     async fn list_ports(&self, query: &str) -> Result<Vec<Port>, Error>;
     async fn delete_port(&self, id: &str) -> Result<(), Error>;
+
+    // What the checks ask before the first volume (prereqs.rs)
+    async fn volume_types(&self) -> Result<Vec<(String, String)>, Error>;
+    async fn volume_zones(&self) -> Result<Vec<String>, Error>;
+    async fn ports_free(&self) -> Result<Option<i64>, Error>;
 }
 
 #[async_trait::async_trait]
@@ -171,6 +177,15 @@ impl OpenStack for Client {
     }
     async fn delete_port(&self, id: &str) -> Result<(), Error> {
         Client::delete_port(self, id).await
+    }
+    async fn volume_types(&self) -> Result<Vec<(String, String)>, Error> {
+        Client::volume_types(self).await
+    }
+    async fn volume_zones(&self) -> Result<Vec<String>, Error> {
+        Client::volume_zones(self).await
+    }
+    async fn ports_free(&self) -> Result<Option<i64>, Error> {
+        Client::ports_free(self).await
     }
 }
 

@@ -67,21 +67,7 @@ impl Client {
         let name = format!("{SNAPSHOT_PREFIX}{label}");
         let description =
             format!("{SNAPSHOT_MARKER} taken by osm-agent for a migration sync; osm removes it when the sync ends");
-        let snapshot = self
-            .task(
-                &Call::CreateSnapshotTask(CreateSnapshot {
-                    this: vm,
-                    name: &name,
-                    description: &description,
-                    memory: false,
-                    quiesce,
-                }),
-                &format!("snapshot {name} of {}", vm.value),
-                TASK_TIMEOUT,
-            )
-            .await?
-            .ok_or_else(|| Error::protocol("CreateSnapshot_Task", "the task returned no snapshot"))?;
-        let snapshot = MoRef::new("VirtualMachineSnapshot", &snapshot.value);
+        let snapshot = self.create_snapshot(vm, &name, &description, quiesce).await?;
         let oc = self.properties(&snapshot, &["config.hardware.device"]).await?;
         let devices: ArrayOfDevice = oc.get("config.hardware.device")?.unwrap_or_default();
         let disks = disks(&devices.devices, true)
@@ -94,6 +80,25 @@ impl Client {
             })
             .collect();
         Ok(SyncSnapshot { snapshot, name, disks })
+    }
+
+    /// A snapshot of all disks (memory off) with this name and description.
+    pub async fn create_snapshot(&self, vm: &MoRef, name: &str, description: &str, quiesce: bool) -> Result<MoRef> {
+        let snapshot = self
+            .task(
+                &Call::CreateSnapshotTask(CreateSnapshot {
+                    this: vm,
+                    name,
+                    description,
+                    memory: false,
+                    quiesce,
+                }),
+                &format!("snapshot {name} of {}", vm.value),
+                TASK_TIMEOUT,
+            )
+            .await?
+            .ok_or_else(|| Error::protocol("CreateSnapshot_Task", "the task returned no snapshot"))?;
+        Ok(MoRef::new("VirtualMachineSnapshot", &snapshot.value))
     }
 
     /// Remove one snapshot, consolidating its delta into the base.
@@ -154,6 +159,12 @@ impl Client {
                         reason: format!("vCenter refused changeId {change_id} of disk {key}: {}", f.message),
                     })
                 }
+                // Any other fault of the query: the disk is copied whole (correct, slower).
+                Err(Error::Fault(f)) => {
+                    return Ok(ChangedAreas::FullCopy {
+                        reason: format!("QueryChangedDiskAreas of disk {key} failed ({}: {})", f.kind, f.message),
+                    })
+                }
                 Err(e) => return Err(e),
             };
             let info: DiskChangeInfo = soap::decode_one("QueryChangedDiskAreas", &xml)?;
@@ -170,7 +181,19 @@ impl Client {
             }
             start = next;
         }
-        Ok(ChangedAreas::Extents(merge(areas)))
+        Ok(ChangedAreas::Extents(clamp(merge(areas), capacity, key)))
+    }
+
+    /// The names of the VM's snapshots that osm did not take (backup software, people).
+    pub async fn foreign_snapshots(&self, vm: &MoRef) -> Result<Vec<String>> {
+        let oc = self.properties(vm, &["snapshot"]).await?;
+        let info: SnapshotInfo = oc.get("snapshot")?.unwrap_or_default();
+        Ok(snapshot_summary(&info)
+            .list
+            .into_iter()
+            .filter(|s| !s.osm)
+            .map(|s| s.name)
+            .collect())
     }
 
     /// Turn CBT on or off (ReconfigVM_Task).
@@ -276,6 +299,28 @@ fn rejects_change_id(kind: &str) -> bool {
 }
 
 /// Sort and merge overlapping or adjacent extents.
+/// Changed areas end at the disk's capacity (hosts report areas rounded up past it).
+pub fn clamp(v: Vec<Extent>, capacity: u64, key: i32) -> Vec<Extent> {
+    let mut cut = false;
+    let out = v
+        .into_iter()
+        .filter_map(|e| {
+            if e.offset + e.length <= capacity {
+                return Some(e);
+            }
+            cut = true;
+            (e.offset < capacity).then(|| Extent {
+                offset: e.offset,
+                length: capacity - e.offset,
+            })
+        })
+        .collect();
+    if cut {
+        tracing::warn!("disk {key}: changed areas past its capacity ({capacity} bytes) were cut at its end");
+    }
+    out
+}
+
 pub fn merge(mut v: Vec<Extent>) -> Vec<Extent> {
     v.sort_by_key(|e| e.offset);
     let mut out: Vec<Extent> = Vec::with_capacity(v.len());
@@ -294,6 +339,16 @@ pub fn merge(mut v: Vec<Extent>) -> Vec<Extent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_areas_past_the_capacity_are_cut_at_its_end() {
+        let e = |offset, length| Extent { offset, length };
+        assert_eq!(
+            clamp(vec![e(0, 10), e(90, 20), e(120, 5)], 100, 2000),
+            vec![e(0, 10), e(90, 10)]
+        );
+        assert_eq!(clamp(vec![e(0, 100)], 100, 2000), vec![e(0, 100)]);
+    }
 
     #[test]
     fn extents_merge_when_adjacent_or_overlapping() {

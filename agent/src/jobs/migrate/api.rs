@@ -63,22 +63,14 @@ impl Engine {
         }
         let mut jobs = Vec::new();
         for vm in vms {
-            // Continue the newest earlier job of this VM if it failed or was cancelled; after
-            // a success a new migration starts afresh (new volumes, new server).
-            let previous = existing
-                .iter()
-                .rev()
-                .find(|j| j.migration.as_ref().is_some_and(|m| m.vm == vm))
-                .filter(|j| j.state != osm_api::JobState::Succeeded)
-                .map(|j| j.id);
             let job = MigrateJob {
                 vm: vm.clone(),
                 plan: plan.clone(),
                 plan_path: req.plan_path.clone(),
             };
-            let inherited = match previous {
-                Some(p) => self.store().checkpoint(p)?.map(|cp| super::state::resume_from(&cp)),
-                None => None,
+            let (previous, inherited) = match self.continued_job(&existing, &job, req.fresh)? {
+                Some((p, state)) => (Some(p), Some(state)),
+                None => (None, None),
             };
             let info = super::info_from_checkpoint(&job, inherited.as_deref());
             let added = self.add_with_checkpoint(JobRequest::Migrate(Box::new(job)), Some(info), inherited)?;
@@ -96,6 +88,54 @@ impl Engine {
             jobs,
             warnings: loaded.warnings,
         })
+    }
+
+    /// The job a new migration of `job.vm` continues, and the state it inherits: the
+    /// VM's newest job if it failed or was cancelled (after a success, a cleanup or with
+    /// `fresh` a migration starts afresh). A plan that differs from that job's in what
+    /// the copied data or the cutover depend on is refused, listing the differences.
+    fn continued_job(
+        &self,
+        existing: &[JobInfo],
+        job: &MigrateJob,
+        fresh: bool,
+    ) -> Result<Option<(u64, String)>, Error> {
+        let Some(p) = existing
+            .iter()
+            .rev()
+            .find(|j| j.migration.as_ref().is_some_and(|m| m.vm == job.vm))
+            .filter(|j| j.state != osm_api::JobState::Succeeded)
+            .map(|j| j.id)
+        else {
+            return Ok(None);
+        };
+        let Some(state) = self
+            .store()
+            .checkpoint(p)?
+            .and_then(|cp| super::state::resume_from(&cp))
+        else {
+            return Ok(None);
+        };
+        if fresh {
+            tracing::info!(
+                "migration of '{}': starting afresh (--fresh), not continuing job {p}",
+                job.vm
+            );
+            return Ok(None);
+        }
+        let (old, _) = self.migration_job(p)?;
+        let differs = plan_differences(&old.plan, &job.plan);
+        if !differs.is_empty() {
+            return Err(Error::InvalidState(format!(
+                "VM '{}' continues job {p}, whose plan differs in {}; nothing was started. \
+                 Run the migration with job {p}'s plan ({}), or `osmctl migrate --fresh` to start \
+                 afresh (new volumes, a full copy; `osmctl cleanup {p}` removes the old ones)",
+                job.vm,
+                differs.join(", "),
+                old.plan_path
+            )));
+        }
+        Ok(Some((p, state)))
     }
 
     /// One more delta round now (warm migrations that wait for their cutover).
@@ -167,4 +207,23 @@ impl Engine {
         let all: Vec<&str> = text.lines().collect();
         Ok(all[all.len().saturating_sub(n)..].join("\n"))
     }
+}
+
+/// What a continued migration may not change: the mode, the cutover, the network and the
+/// flavor (each named with both values).
+fn plan_differences(old: &crate::plan::Plan, new: &crate::plan::Plan) -> Vec<String> {
+    let mut d = Vec::new();
+    if old.mode != new.mode {
+        d.push(format!("mode ({:?} → {:?})", old.mode, new.mode));
+    }
+    if old.cutover != new.cutover {
+        d.push(format!("cutover ({:?} → {:?})", old.cutover, new.cutover));
+    }
+    if old.network != new.network {
+        d.push("network".to_string());
+    }
+    if old.flavor != new.flavor {
+        d.push(format!("flavor ({:?} → {:?})", old.flavor, new.flavor));
+    }
+    d
 }

@@ -169,11 +169,17 @@ async fn run(engine: &Engine, id: u64) -> Result<(), JobError> {
         }
     }
     let ctx = prepare(engine, id, *job, state, stop, controls, counters, work_dir.clone()).await?;
-    let result = journey(&ctx).await;
-    if let Err(e) = &result {
+    let mut result = journey(&ctx).await;
+    if let Err(e) = &mut result {
         let shutdown = matches!(e, JobError::Stopped) && !engine.is_cancel_requested(id);
         if !shutdown {
             super::disks::release(&ctx).await;
+            if let Some(said) = super::source_power::restore_after_failure(&ctx).await {
+                if let JobError::Step { message, .. } = e {
+                    message.push_str("; ");
+                    message.push_str(&said);
+                }
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&work_dir);
@@ -316,9 +322,19 @@ fn openstack_client(engine: &Engine, job: &MigrateJob) -> Result<openstack::Clie
     openstack::Client::new(cfg, s.retry_policy()).map_err(|e| format!("destination cloud: {e}"))
 }
 
+/// The journey, walked again from the cutover when the source was found running after it.
 async fn journey(ctx: &Ctx) -> Result<(), JobError> {
-    let warm = ctx.job.plan.mode == Mode::Warm;
     checks(ctx).await?;
+    loop {
+        match walk(ctx).await {
+            Err(JobError::Rewound) => continue,
+            r => return r,
+        }
+    }
+}
+
+async fn walk(ctx: &Ctx) -> Result<(), JobError> {
+    let warm = ctx.job.plan.mode == Mode::Warm;
     ctx.run_phase(
         Phase::Volumes,
         if warm { Phase::FullSync } else { Phase::Cutover },
@@ -333,18 +349,23 @@ async fn journey(ctx: &Ctx) -> Result<(), JobError> {
         .await?;
     ctx.run_phase(Phase::Cutover, Phase::Convert, async |c: &Ctx| cutover(c).await)
         .await?;
+    use super::source_power::ensure_still_off;
+    ensure_still_off(ctx, Phase::Convert).await?;
     ctx.run_phase(Phase::Convert, Phase::Detach, async |c: &Ctx| {
         super::convert::run(c).await
     })
     .await?;
+    ensure_still_off(ctx, Phase::Detach).await?;
     ctx.run_phase(Phase::Detach, Phase::Network, async |c: &Ctx| {
         super::disks::detach_all(c).await
     })
     .await?;
+    ensure_still_off(ctx, Phase::Network).await?;
     ctx.run_phase(Phase::Network, Phase::Boot, async |c: &Ctx| {
         super::boot::network_and_flavor(c).await
     })
     .await?;
+    ensure_still_off(ctx, Phase::Boot).await?;
     ctx.run_phase(Phase::Boot, Phase::Done, async |c: &Ctx| super::boot::boot(c).await)
         .await?;
     let s = ctx.snapshot_state();
@@ -372,6 +393,9 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
     let names = vec![ctx.job.vm.clone()];
     let warm = ctx.job.plan.mode == Mode::Warm;
     let phase_before = ctx.phase();
+    if phase_before <= Phase::Volumes && ctx.snapshot_state().disks.is_empty() {
+        destination_ready(ctx, &names).await?;
+    }
     let (vm, report, thumbprint) = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
         let find = async || {
             vsphere::inventory::select(vsphere::inventory::discover(c).await?, &names, None)?
@@ -440,13 +464,7 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
             .await
             .map_err(|e| fail(p, e))?;
     }
-    if before <= Phase::Volumes {
-        let sizes: Vec<u64> = vm.disks.iter().map(|d| d.capacity_bytes).collect();
-        ctx.os
-            .check_volume_quota(&sizes)
-            .await
-            .map_err(|e| fail(p, format!("{e}")))?;
-    }
+
     let host = host_server_id(ctx).await.map_err(|e| fail(p, e))?;
     tracing::info!(
         "VM '{}' ({}): {} disk(s), {} NIC(s), {} vCPU, {} MiB; conversion host {host}",
@@ -468,6 +486,35 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
         }
     })?;
     Ok(())
+}
+
+/// Before the first volume and before the source is touched (CBT, snapshots): everything
+/// the destination must offer.
+async fn destination_ready(ctx: &Ctx, names: &[String]) -> Result<(), JobError> {
+    let p = Phase::Checks;
+    let vm = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+        vsphere::inventory::select(vsphere::inventory::discover(c).await?, names, None)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| vsphere::Error::VmNotFound(names[0].clone()))
+    })
+    .await
+    .map_err(|e| fail(p, e))?;
+    super::boot::check_network_map(ctx, &vm).map_err(|e| fail(p, e))?;
+    let problems = super::preflight::destination_problems(ctx, &vm)
+        .await
+        .map_err(|e| fail(p, format!("checking the destination: {e}")))?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(fail(
+        p,
+        format!(
+            "the destination cannot take VM '{}' (nothing was created, the source is untouched): {}",
+            vm.name,
+            problems.join("; ")
+        ),
+    ))
 }
 
 /// Whether a blocking check matters for this migration at this point of the journey
@@ -527,12 +574,13 @@ async fn warm_loop(ctx: &Ctx) -> Result<(), JobError> {
     }
 }
 
-/// Guest shutdown (power off after the timeout), then the final round.
+/// Guest shutdown (power off after the timeout), then the final round. Whether the
+/// source runs is read from vCenter: a continued job or a rewound one shuts down again.
 async fn cutover(ctx: &Ctx) -> Result<(), JobError> {
     let p = Phase::Cutover;
     let moref = ctx.moref();
     let st = ctx.snapshot_state();
-    if !st.powered_off {
+    if super::source_power::is_running(ctx, p).await? {
         // A delta round interrupted by a restart is still pending: the next round only
         // finishes it and commits its older changeId, so as the final round it would
         // miss every write made since. Finish it while the guest runs; the final round

@@ -11,7 +11,7 @@ use crate::plan::FlavorChoice;
 
 /// The Neutron network (name or id) of a NIC: its port group by name, then by key, then
 /// the default network.
-fn network_of<'a>(ctx: &'a Ctx, nic: &NicInfo) -> Option<&'a String> {
+pub(super) fn network_of<'a>(ctx: &'a Ctx, nic: &NicInfo) -> Option<&'a String> {
     let n = &ctx.job.plan.network;
     n.map
         .get(&nic.network_name)
@@ -133,7 +133,7 @@ pub async fn network_and_flavor(ctx: &Ctx) -> Result<(), JobError> {
     })
 }
 
-async fn subnet_for(ctx: &Ctx, subnets: &[String], ip: &str) -> Option<String> {
+pub(super) async fn subnet_for(ctx: &Ctx, subnets: &[String], ip: &str) -> Option<String> {
     let addr: std::net::IpAddr = ip.parse().ok()?;
     for id in subnets {
         if let Ok(s) = ctx.os.find_subnet(id, None).await {

@@ -13,6 +13,15 @@ pub async fn run(ctx: &Ctx) -> Result<(), JobError> {
     if st.conversion.is_some() {
         return Ok(());
     }
+    if st.converting {
+        // An earlier conversion started on these volumes and did not finish (failed, or
+        // the agent died): never convert on top of it. Copy the disks whole again.
+        tracing::warn!(
+            "an earlier conversion of these volumes did not finish: copying every disk whole again before converting"
+        );
+        ctx.update(super::source_power::rewind_to_cutover)?;
+        return Err(JobError::Rewound);
+    }
     let vm = st.vm.clone().ok_or_else(|| fail(p, "no VM recorded"))?;
     let firmware = if vm.firmware == "efi" { "uefi" } else { "bios" };
     let conversion = if ctx.job.plan.skip_conversion {
@@ -30,9 +39,13 @@ pub async fn run(ctx: &Ctx) -> Result<(), JobError> {
         }
     } else {
         super::disks::ensure_attached(ctx, p).await?;
+        ctx.update(|s| s.converting = true)?;
         convert(ctx).await?
     };
-    ctx.update(|s| s.conversion = Some(conversion))
+    ctx.update(|s| {
+        s.conversion = Some(conversion);
+        s.converting = false;
+    })
 }
 
 /// virt-v2v-in-place on the attached volumes, in the VM's disk order.

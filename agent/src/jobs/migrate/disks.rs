@@ -47,14 +47,16 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
         ctx.stopped()?;
         let known = st.disks.iter().find(|x| x.key == d.key).cloned();
         if let Some(k) = &known {
-            if !k.volume_id.is_empty() && ctx.os.get_volume(&k.volume_id).await.is_ok() {
-                continue;
+            // Only a volume Cinder says is gone is replaced; any other error stops here.
+            match ctx.os.get_volume(&k.volume_id).await {
+                Ok(_) => continue,
+                Err(e) if e.is_not_found() => tracing::warn!(
+                    "volume {} of disk {} is gone; creating a new one (its data is copied again)",
+                    k.volume_id,
+                    d.label
+                ),
+                Err(e) => return Err(fail(p, format!("volume {} of disk {}: {e}", k.volume_id, d.label))),
             }
-            tracing::warn!(
-                "volume {} of disk {} is gone; creating a new one (its data is copied again)",
-                k.volume_id,
-                d.label
-            );
         }
         let mut metadata = tags(&vm.moref);
         metadata.insert("osm_vm_name".into(), truncate(&vm.name, 255));
@@ -76,7 +78,16 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
             metadata,
             idempotency_key: Some(format!("osm-{}-{origin}-{}", vm.moref, d.key)),
         };
-        let v = ctx.os.create_volume(&spec).await.map_err(|e| fail(p, e))?;
+        // A volume an earlier try of this step made (found by its key) may hold data: only
+        // one created now, on a backend whose new volumes read as zeros, is fresh.
+        let earlier = earlier_volume(ctx, spec.idempotency_key.as_deref().unwrap_or_default())
+            .await
+            .map_err(|e| fail(p, e))?;
+        let fresh = earlier.is_none() && plan.new_volumes_read_as_zeros;
+        let v = match earlier {
+            Some(v) => v,
+            None => ctx.os.create_volume(&spec).await.map_err(|e| fail(p, e))?,
+        };
         let timeout = ctx.engine.settings().openstack.volume_timeout;
         ctx.os
             .wait_volume(&v.id, &["available", "in-use"], timeout)
@@ -97,7 +108,7 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
                 datastore: d.datastore.clone(),
                 capacity_bytes: d.capacity_bytes,
                 volume_id: v.id.clone(),
-                fresh: true,
+                fresh,
                 ..Default::default()
             });
             let order: Vec<i32> = vm.disks.iter().map(|d| d.key).collect();
@@ -107,9 +118,36 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
     ensure_attached(ctx, p).await
 }
 
-/// Attach every volume that has no device on this host yet (or find it, if a crash
-/// left it attached).
+/// The volume an earlier try made with this idempotency key, if any.
+async fn earlier_volume(ctx: &Ctx, key: &str) -> Result<Option<crate::cloud::openstack::Volume>, String> {
+    let filter: Metadata = [(crate::cloud::openstack::IDEMPOTENCY_KEY.to_string(), key.to_string())].into();
+    Ok(ctx
+        .os
+        .find_volumes(&filter)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|v| !v.status.starts_with("error") && v.status != "deleting"))
+}
+
+/// Every volume attached to this host with its identity verified (by-id link of its
+/// serial → a block device of the volume's size): at every round and after every
+/// restart. A device that vanished or no longer matches is attached again (a volume
+/// detached by hand); a migration never writes to an unverified path.
 pub async fn ensure_attached(ctx: &Ctx, p: Phase) -> Result<(), JobError> {
+    let st = ctx.snapshot_state();
+    for d in st.disks.iter().filter(|d| d.device.is_some()) {
+        let device = d.device.as_deref().unwrap_or_default();
+        if let Err(why) = blockdev::verify(&ctx.block.byid_dir, &d.volume_id, device, d.capacity_bytes) {
+            tracing::warn!("volume {}: {why}; attaching it again", d.volume_id);
+            let key = d.key;
+            ctx.update(|s| {
+                if let Some(x) = s.disks.iter_mut().find(|x| x.key == key) {
+                    x.device = None;
+                }
+            })?;
+        }
+    }
     let st = ctx.snapshot_state();
     for d in st.disks.iter().filter(|d| d.device.is_none()) {
         ctx.stopped()?;
@@ -211,22 +249,38 @@ pub async fn sync_round(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
     let vm = vm_ref(&moref);
     let label = format!("sync-j{}-{}", ctx.id, now_unix());
     let t0 = Instant::now();
+    let https = ctx.source.transport == crate::plan::Transport::Https && ctx.source.local_disk_path.is_none();
     let snap = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+        if https {
+            refuse_foreign_snapshots(c, &vm).await?;
+        }
         let snap = c.create_sync_snapshot(&vm, &label, false).await?;
         let st = ctx.snapshot_state();
+        let found = check_disk_set(&st.disks, &snap, https);
+        let found = match found {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = c.remove_snapshot(&snap.snapshot).await;
+                Err(vsphere::Error::Config(e))
+            }
+        };
+        found?;
         let mut rounds = Vec::new();
         for d in &st.disks {
-            if d.round.is_some() {
-                continue; // resumed: keep its oldest changeId, extents and checkpoint
+            let sd = snap.disks.iter().find(|s| s.key == d.key).expect("checked above");
+            if let Some(r) = &d.round {
+                // Resumed: keep its oldest changeId, extents and checkpoint; read this
+                // round's snapshot.
+                let mut r = r.clone();
+                r.datastore_path = sd.datastore_path.clone();
+                rounds.push((d.key, r));
+                continue;
             }
-            let Some(sd) = snap.disks.iter().find(|s| s.key == d.key) else {
-                return Err(vsphere::Error::Config(format!("disk {} is no longer in the VM", d.key)));
-            };
-            if sd.capacity_bytes != d.capacity_bytes {
-                return Err(vsphere::Error::Config(format!(
-                    "disk {} changed size ({} → {} bytes) during the migration; run `osmctl cleanup` and migrate again",
-                    d.datastore_path, d.capacity_bytes, sd.capacity_bytes
-                )));
+            if d.synced && d.synced_change_id.is_some() && sd.change_id.is_none() {
+                tracing::warn!(
+                    "changed block tracking is off for disk {}: every round copies it whole (and the cutover takes as long); turn it on again (`osmctl check --enable-cbt`)",
+                    d.datastore_path
+                );
             }
             let extents = match (&d.synced_change_id, d.synced) {
                 (Some(cid), true) => match c
@@ -247,6 +301,7 @@ pub async fn sync_round(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
                     change_id: sd.change_id.clone(),
                     extents,
                     checkpoint: None,
+                    datastore_path: sd.datastore_path.clone(),
                 },
             ));
         }
@@ -318,6 +373,59 @@ pub async fn sync_round(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
     Ok(())
 }
 
+/// The https transport reads one flat file: a snapshot osm did not take (backup
+/// software, a person) means the current data is in a delta it cannot read. Checked at
+/// every round, before osm's own snapshot.
+async fn refuse_foreign_snapshots(c: &vsphere::Client, vm: &vsphere::types::MoRef) -> Result<(), vsphere::Error> {
+    let foreign = c.foreign_snapshots(vm).await?;
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(vsphere::Error::Config(format!(
+        "the VM has snapshot(s) osm did not take ({}): with them its current data is in delta files that the https transport cannot read, so this round would copy stale data. Remove or consolidate them (a backup tool's snapshot goes when its job ends), or use transport = \"vddk\", then run `osmctl migrate` again",
+        foreign.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// The snapshot must hold exactly the job's disks at their sizes (a disk added after the
+/// volumes were made is not dropped silently), and for https each disk where the job
+/// found it (a delta in its place is a snapshot's).
+fn check_disk_set(disks: &[DiskState], snap: &vsphere::snapshot::SyncSnapshot, https: bool) -> Result<(), String> {
+    for d in disks {
+        let Some(sd) = snap.disks.iter().find(|s| s.key == d.key) else {
+            return Err(format!(
+                "disk {} ({}) is no longer in the VM; run `osmctl cleanup` and migrate again",
+                d.key, d.datastore_path
+            ));
+        };
+        if sd.capacity_bytes != d.capacity_bytes {
+            return Err(format!(
+                "disk {} changed size ({} → {} bytes) during the migration; run `osmctl cleanup` and migrate again",
+                d.datastore_path, d.capacity_bytes, sd.capacity_bytes
+            ));
+        }
+        if https && sd.datastore_path != d.datastore_path {
+            return Err(format!(
+                "disk {} is now read from {} (a snapshot's delta, or the disk moved): the https transport reads only the base file; consolidate the VM's snapshots or use transport = \"vddk\"",
+                d.datastore_path, sd.datastore_path
+            ));
+        }
+    }
+    let added: Vec<&str> = snap
+        .disks
+        .iter()
+        .filter(|s| !disks.iter().any(|d| d.key == s.key))
+        .map(|s| s.datastore_path.as_str())
+        .collect();
+    if !added.is_empty() {
+        return Err(format!(
+            "disk(s) {} were added to the VM after its volumes were made; run `osmctl migrate` again: the new disks get volumes and a full copy",
+            added.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Copy every disk with a round, `parallel_disks` at a time; the bytes read.
 async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobError> {
     let st = ctx.snapshot_state();
@@ -355,7 +463,7 @@ async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobE
     let source = ctx.source();
     let mut tasks = tokio::task::JoinSet::new();
     for ((index, disk), counters) in work.into_iter().zip(per_disk.iter().cloned()) {
-        let plugin = super::source::plugin(&source, &disk.datastore_path, snapshot).map_err(|e| fail(phase, e))?;
+        let plugin = super::source::plugin(&source, round_path(&disk), snapshot).map_err(|e| fail(phase, e))?;
         let program = nbdkit
             .clone()
             .ok_or_else(|| fail(phase, "nbdkit is not installed (package nbdkit)"))?;
@@ -408,6 +516,14 @@ async fn copy_disks(ctx: &Ctx, phase: Phase, snapshot: &str) -> Result<u64, JobE
     Ok(per_disk.iter().map(|c| c.bytes_read.load(Ordering::Relaxed)).sum())
 }
 
+/// The disk file this round reads: its snapshot's (older checkpoints recorded none).
+fn round_path(disk: &DiskState) -> &str {
+    match disk.round.as_ref().map(|r| r.datastore_path.as_str()) {
+        Some(p) if !p.is_empty() => p,
+        _ => &disk.datastore_path,
+    }
+}
+
 /// The readers allowed at once on one ESXi host, shared by every migration.
 fn host_readers(host: &str, per_host: usize) -> Arc<tokio::sync::Semaphore> {
     type Hosts = std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>;
@@ -454,6 +570,7 @@ fn copy_one(
         target: PathBuf::from(&device),
         extents: round.extents.clone(),
         target_is_zero: disk.fresh && round.extents.is_none(),
+        device_only: true,
         tuning,
     };
     let key = disk.key;

@@ -8,8 +8,10 @@ mod boot;
 mod cleanup;
 mod convert;
 mod disks;
+mod preflight;
 pub mod settings;
 mod source;
+mod source_power;
 pub mod state;
 
 use std::sync::atomic::AtomicBool;

@@ -54,6 +54,9 @@ pub struct Round {
     pub extents: Option<Vec<Extent>>,
     /// What is durable on the volume (the copy engine's checkpoint).
     pub checkpoint: Option<Checkpoint>,
+    /// The disk file as this round's snapshot froze it (what VDDK reads).
+    #[serde(default)]
+    pub datastore_path: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,7 +108,18 @@ pub struct State {
     pub predicted_downtime_seconds: f64,
     /// Set by `osmctl cutover` (persisted so a restart keeps the request): "" now, or a time.
     pub cutover: Option<String>,
+    /// osm shut the source down (so it powers it on again after a failure before any
+    /// server exists). Never trusted as the source's power state: that is read from
+    /// vCenter before every step that depends on it.
     pub powered_off: bool,
+    /// osm powered the source on again after a failure (said in the job's error).
+    pub powered_on_again: bool,
+    /// virt-v2v was started on the volumes and did not finish: they are dirty.
+    pub converting: bool,
+    /// The source was found running again after the cutover this many times.
+    pub rewinds: u32,
+    /// `osmctl cleanup` removed what this job made: a later migration starts afresh.
+    pub cleaned_up: bool,
     pub conversion: Option<Conversion>,
     pub port_ids: Vec<String>,
     pub flavor_id: String,
@@ -159,19 +173,25 @@ impl State {
 }
 
 /// An earlier job's state, made ready for a new job that continues it: device paths are
-/// stale (volumes are re-attached), a finished server is not touched again.
-pub fn resume_from(checkpoint: &str) -> String {
-    let Ok(mut s) = serde_json::from_str::<State>(checkpoint) else {
-        return String::new();
-    };
+/// stale (volumes are re-attached), the old job's cutover request is not the new one's,
+/// a finished server is not touched again. None when there is nothing to continue (a
+/// cleaned-up job).
+pub fn resume_from(checkpoint: &str) -> Option<String> {
+    let mut s = serde_json::from_str::<State>(checkpoint).ok()?;
+    if s.cleaned_up {
+        return None;
+    }
     for d in &mut s.disks {
         d.device = None;
     }
-    // Checks run again (the VM may have changed); copied data stays valid.
+    s.cutover = None;
+    s.rewinds = 0;
+    // Checks run again (the VM may have changed); copied data stays valid. From the
+    // conversion on, the source's power is checked again before each step.
     if s.phase < Phase::Convert {
         s.phase = Phase::Checks;
     }
-    serde_json::to_string(&s).expect("state serializes")
+    Some(serde_json::to_string(&s).expect("state serializes"))
 }
 
 pub fn now_unix() -> u64 {
@@ -256,7 +276,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let r: State = serde_json::from_str(&resume_from(&serde_json::to_string(&s).unwrap())).unwrap();
+        let r: State = serde_json::from_str(&resume_from(&serde_json::to_string(&s).unwrap()).unwrap()).unwrap();
         assert_eq!(r.phase, Phase::Checks);
         assert_eq!(r.disks[0].device, None);
         assert!(r.disks[0].synced);
