@@ -216,12 +216,16 @@ impl Client {
             volumes: Vec<Volume>,
         }
         let f = serde_json::to_string(filter).unwrap_or_default();
+        let n = self.page_size;
         let r: R = match self
-            .get_json(BlockStorage, &format!("/volumes/detail?limit=1000&metadata={}", q(&f)))
+            .get_json(BlockStorage, &format!("/volumes/detail?limit={n}&metadata={}", q(&f)))
             .await
         {
             // A Cinder without `metadata` in its resource_filters.json refuses the filter.
-            Err(e) if e.status() == Some(400) => self.get_json(BlockStorage, "/volumes/detail?limit=1000").await?,
+            Err(e) if e.status() == Some(400) => {
+                self.get_json(BlockStorage, &format!("/volumes/detail?limit={n}"))
+                    .await?
+            }
             r => r?,
         };
         Ok(r.volumes

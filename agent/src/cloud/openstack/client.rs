@@ -12,13 +12,22 @@ use super::{CloudConfig, Error};
 #[derive(Debug)]
 pub struct Client {
     pub(super) session: Session,
+    /// Items per list request.
+    pub(super) page_size: usize,
 }
 
 impl Client {
     pub fn new(cfg: CloudConfig, policy: RetryPolicy) -> Result<Client, Error> {
         Ok(Client {
             session: Session::new(cfg, policy)?,
+            page_size: DEFAULT_PAGE_SIZE,
         })
+    }
+
+    /// Ask for `n` items per list page (at least 1); tests lower it to force several pages.
+    pub fn with_page_size(mut self, n: usize) -> Client {
+        self.page_size = n.max(1);
+        self
     }
 
     pub fn session(&self) -> &Session {
@@ -111,6 +120,9 @@ impl Client {
         }
     }
 }
+
+/// Items asked for per list request unless a test lowers it ([`Client::with_page_size`]).
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
 /// May the failed create have happened on the server anyway?
 fn ambiguous(e: &Error) -> bool {
