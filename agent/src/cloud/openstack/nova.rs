@@ -247,20 +247,22 @@ impl Client {
 
     /// Wait for ACTIVE; ERROR fails at once with Nova's fault message.
     pub async fn wait_server_active(&self, id: &str, timeout: Duration) -> Result<Server, Error> {
+        let s = self.wait_server_settled(id, timeout).await?;
+        if s.status == "ERROR" {
+            return Err(Error::State {
+                what: format!("server {} ({id})", s.name),
+                message: format!("status ERROR: {}", super::server_boot::fault(&s)),
+            });
+        }
+        Ok(s)
+    }
+
+    /// Wait until the server is ACTIVE or ERROR, and return it either way.
+    pub async fn wait_server_settled(&self, id: &str, timeout: Duration) -> Result<Server, Error> {
         self.wait_until(&format!("server {id} waiting for ACTIVE"), timeout, || async {
             let s = self.get_server(id).await?;
             match s.status.as_str() {
-                "ACTIVE" => Ok(Ok(s)),
-                "ERROR" => Err(Error::State {
-                    what: format!("server {} ({id})", s.name),
-                    message: format!(
-                        "status ERROR: {}",
-                        s.fault
-                            .as_ref()
-                            .map(|f| f.message.as_str())
-                            .unwrap_or("Nova gave no fault message")
-                    ),
-                }),
+                "ACTIVE" | "ERROR" => Ok(Ok(s)),
                 other => Ok(Err(other.to_string())),
             }
         })

@@ -1,5 +1,7 @@
 //! Booting the migrated server: create it (or find this spec's from an earlier try) and
-//! wait until it is ACTIVE.
+//! wait until it is ACTIVE. A server in ERROR — this try's, or one an earlier try left —
+//! is deleted and created once more; ERROR again fails with Nova's fault message. (Found
+//! again as it was, an ERROR server used to fail every retry of the step.)
 use std::time::Duration;
 
 use super::types::{Server, ServerSpec};
@@ -16,10 +18,54 @@ impl Client {
         timeout: Duration,
         on_server: OnServer<'_>,
     ) -> Result<Server, Error> {
-        let server = self.create_server(spec).await?;
-        record(on_server, &server)?;
-        self.wait_server_active(&server.id, timeout).await
+        let mut deleted: Option<Server> = None;
+        loop {
+            let server = self.create_server(spec).await?;
+            record(on_server, &server)?;
+            let server = self.wait_server_settled(&server.id, timeout).await?;
+            if server.status == "ACTIVE" {
+                return Ok(server);
+            }
+            if let Some(first) = &deleted {
+                let earlier = match fault(first) {
+                    f if f == fault(&server) => String::new(),
+                    f => format!(" (the first one's: {f})"),
+                };
+                return Err(Error::State {
+                    what: format!("server {} ({})", server.name, server.id),
+                    message: format!(
+                        "status ERROR again after server {} in ERROR was deleted and created once more: {}{earlier}. \
+                         Fix the cause (flavor, quota, volumes, network); the server is kept for `openstack server show {}`, \
+                         and a retry deletes it and creates it again",
+                        first.id,
+                        fault(&server),
+                        server.id
+                    ),
+                });
+            }
+            tracing::warn!(
+                "server {} ({}) is in ERROR: {}; deleting it and creating it once more",
+                server.name,
+                server.id,
+                fault(&server)
+            );
+            self.delete_server(&server.id, timeout).await?;
+            // Nova releases the volumes as it deletes; the new server needs them available.
+            for v in &spec.volumes {
+                self.wait_volume(&v.volume_id, &["available"], timeout).await?;
+            }
+            deleted = Some(server);
+        }
     }
+}
+
+/// Nova's fault message of a server in ERROR.
+pub(super) fn fault(s: &Server) -> &str {
+    s.fault
+        .as_ref()
+        .map(|f| f.message.as_str())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("Nova gave no fault message")
 }
 
 fn record(on_server: OnServer<'_>, s: &Server) -> Result<(), Error> {
