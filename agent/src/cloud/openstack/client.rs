@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
+use super::paging::DEFAULT_PAGE_SIZE;
 use super::session::{Body, Reply, RetryPolicy, Service, Session};
 use super::{CloudConfig, Error};
 
 #[derive(Debug)]
 pub struct Client {
     pub(super) session: Session,
-    /// Items per list request.
+    /// Items asked for per list page (paging.rs).
     pub(super) page_size: usize,
 }
 
@@ -120,9 +121,6 @@ impl Client {
         }
     }
 }
-
-/// Items asked for per list request unless a test lowers it ([`Client::with_page_size`]).
-pub const DEFAULT_PAGE_SIZE: usize = 1000;
 
 /// May the failed create have happened on the server anyway?
 fn ambiguous(e: &Error) -> bool {

@@ -24,6 +24,7 @@ mod error;
 mod glance;
 mod neutron;
 mod nova;
+mod paging;
 mod server_boot;
 pub mod session;
 pub mod settings;

@@ -52,25 +52,14 @@ impl Client {
     }
 
     pub async fn server_attachments(&self, server_id: &str) -> Result<Vec<Attachment>, Error> {
-        #[derive(Deserialize)]
-        struct R {
-            #[serde(rename = "volumeAttachments")]
-            a: Vec<Attachment>,
-        }
-        let r: R = self
-            .get_json(Compute, &format!("/servers/{server_id}/os-volume_attachments"))
-            .await?;
-        Ok(r.a)
+        let path = format!("/servers/{server_id}/os-volume_attachments");
+        self.list_all_by_offset(Compute, &path, "volumeAttachments").await
     }
 
     /// All flavors the project sees, with their extra specs (2.61+ lists them).
     pub async fn list_flavors(&self) -> Result<Vec<Flavor>, Error> {
-        #[derive(Deserialize)]
-        struct R {
-            flavors: Vec<Flavor>,
-        }
-        let r: R = self.get_json(Compute, "/flavors/detail?is_public=None").await?;
-        Ok(r.flavors)
+        self.list_all(Compute, "/flavors/detail?is_public=None", "flavors")
+            .await
     }
 
     pub async fn get_flavor(&self, id: &str) -> Result<Flavor, Error> {
@@ -216,17 +205,9 @@ impl Client {
             let Some(k) = &spec.idempotency_key else {
                 return Ok(None);
             };
-            #[derive(Deserialize)]
-            struct R {
-                servers: Vec<Server>,
-            }
-            let r: R = self
-                .get_json(
-                    Compute,
-                    &format!("/servers/detail?name={}", q(&format!("^{}$", regex_escape(&spec.name)))),
-                )
-                .await?;
-            Ok(r.servers
+            let path = format!("/servers/detail?name={}", q(&format!("^{}$", regex_escape(&spec.name))));
+            let servers: Vec<Server> = self.list_all(Compute, &path, "servers").await?;
+            Ok(servers
                 .into_iter()
                 .find(|s| s.metadata.get(IDEMPOTENCY_KEY) == Some(k) && s.status != "DELETED"))
         };
