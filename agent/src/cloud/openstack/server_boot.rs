@@ -27,14 +27,10 @@ impl Client {
                 return Ok(server);
             }
             if let Some(first) = &deleted {
-                let earlier = match fault(first) {
-                    f if f == fault(&server) => String::new(),
-                    f => format!(" (the first one's: {f})"),
-                };
                 return Err(Error::State {
                     what: format!("server {} ({})", server.name, server.id),
                     message: format!(
-                        "status ERROR again after server {} in ERROR was deleted and created once more: {}{earlier}. \
+                        "status ERROR again after server {} in ERROR was deleted and created once more: {}. \
                          Fix the cause (flavor, quota, volumes, network); the server is kept for `openstack server show {}`, \
                          and a retry deletes it and creates it again",
                         first.id,
