@@ -72,6 +72,14 @@ fn unique(prefix: &str) -> String {
     format!("osm-test-{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
 }
 
+/// The bed's project holds 10 volumes (Cinder's default quota): the tests of this file
+/// that make volumes take one permit per volume, so running in parallel they stay below.
+static VOLUME_QUOTA: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(10);
+
+async fn volumes_quota(n: u32) -> tokio::sync::SemaphorePermit<'static> {
+    VOLUME_QUOTA.acquire_many(n).await.unwrap()
+}
+
 /// Servers, volumes and ports a test made, removed at the end whatever happened (servers
 /// first: they hold the volumes).
 #[derive(Default, Clone)]
@@ -276,6 +284,7 @@ async fn wrong_password_and_unreachable_keystone_give_one_clear_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_attach_write_detach_reattach_reads_the_same_bytes() {
+    let _quota = volumes_quota(1).await;
     let c = user_client();
     let cl = Cleanup::default();
     let tmp = osm_integration_tests::scratch();
@@ -359,6 +368,7 @@ async fn create_attach_write_detach_reattach_reads_the_same_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn eight_volumes_attached_concurrently_map_to_their_own_devices() {
+    let _quota = volumes_quota(8).await;
     let c = Arc::new(user_client());
     let cl = Cleanup::default();
     let tmp = osm_integration_tests::scratch();
@@ -532,6 +542,7 @@ async fn self_discovery_finds_the_conversion_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sequence_completes_through_a_proxy_injecting_faults_on_20_percent_of_calls() {
+    let _quota = volumes_quota(2).await;
     let proxy = FaultProxy::start(&[5000, 8774, 8776, 9696, 9292], 20, 0x5eed_0005).await;
     let mut cfg = CloudConfig::resolve(None, None, &process_env).unwrap();
     cfg.auth_url = proxy.url_for(&cfg.auth_url);
@@ -653,6 +664,7 @@ async fn the_sequence_completes_through_a_proxy_injecting_faults_on_20_percent_o
 /// metadata, a port with the source MAC, a server booted from the volume → ACTIVE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_boots_from_volumes_with_a_created_flavor_and_port() {
+    let _quota = volumes_quota(1).await;
     use osm_agent::cloud::openstack::{BootVolume, FlavorSpec, ServerSpec};
     let admin = Client::new(
         CloudConfig::resolve(Some(&env("OSM_OS_ADMIN_CLOUD")), None, &process_env).unwrap(),
@@ -753,6 +765,7 @@ async fn a_server_boots_from_volumes_with_a_created_flavor_and_port() {
 /// (a single request would stop at the first page, as it did at 1000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_read_every_page_of_volumes_ports_and_flavors() {
+    let _quota = volumes_quota(3).await;
     let t = Instant::now();
     let c = user_client().with_page_size(2);
     let cl = Cleanup::default();
@@ -760,7 +773,7 @@ async fn lists_read_every_page_of_volumes_ports_and_flavors() {
         let tag = unique("paging");
         let filter: Metadata = [("osm_test_paging".to_string(), tag.clone())].into();
         let mut volumes = Vec::new();
-        for i in 0..5 {
+        for i in 0..3 {
             let v = c
                 .create_volume(&VolumeSpec {
                     name: format!("{tag}-{i}"),
@@ -834,20 +847,24 @@ async fn lists_read_every_page_of_volumes_ports_and_flavors() {
     eprintln!("paging: {:.1}s", t.elapsed().as_secs_f32());
 }
 
-/// Nova pages a server's volume attachments by offset: with 2 a page, each of three
-/// attached volumes is listed once (the conversion host may hold others' volumes too).
+/// Nova pages a server's volume attachments by offset: with 2 a page, the boot volume and
+/// three attached volumes of a test server are each listed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_attachments_read_every_page() {
+    let _quota = volumes_quota(4).await;
     let t = Instant::now();
     let c = user_client().with_page_size(2);
-    let host = env("OSM_CONVERSION_HOST_ID");
     let cl = Cleanup::default();
     guarded(&c, &cl, async {
-        let mut mine = Vec::new();
+        let name = unique("att-page");
+        let spec = server_spec(&c, &cl, &name).await;
+        let ids = Mutex::new(Vec::new());
+        let server = boot(&c, &cl, &spec, &ids).await.unwrap();
+        let mut mine = vec![spec.volumes[0].volume_id.clone()];
         for i in 0..3 {
             let v = c
                 .create_volume(&VolumeSpec {
-                    name: unique(&format!("att-page-{i}")),
+                    name: format!("{name}-{i}"),
                     size_bytes: 1 << 30,
                     volume_type: None,
                     availability_zone: None,
@@ -861,26 +878,22 @@ async fn server_attachments_read_every_page() {
             c.wait_volume(&v.id, &["available"], Duration::from_secs(120))
                 .await
                 .unwrap();
+            c.attach_volume(&server.id, &v.id).await.unwrap();
+            c.wait_volume(&v.id, &["in-use"], Duration::from_secs(120))
+                .await
+                .unwrap();
             mine.push(v.id);
         }
-        for v in &mine {
-            c.attach_volume(&host, v).await.unwrap();
-            c.wait_volume(v, &["in-use"], Duration::from_secs(120)).await.unwrap();
-        }
-        let listed: Vec<String> = c
-            .server_attachments(&host)
+        let mut listed: Vec<String> = c
+            .server_attachments(&server.id)
             .await
             .unwrap()
             .into_iter()
             .map(|a| a.volume_id)
             .collect();
-        for v in &mine {
-            assert_eq!(
-                listed.iter().filter(|l| *l == v).count(),
-                1,
-                "volume {v} in the attachments {listed:?}"
-            );
-        }
+        listed.sort();
+        mine.sort();
+        assert_eq!(listed, mine, "the attachments of server {}, 2 a page", server.id);
     })
     .await;
     eprintln!("attachment paging: {:.1}s", t.elapsed().as_secs_f32());
@@ -972,6 +985,7 @@ async fn boot(
 /// server is left, ACTIVE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_in_error_is_deleted_and_created_once_more() {
+    let _quota = volumes_quota(1).await;
     let t = Instant::now();
     let c = user_client();
     let cl = Cleanup::default();
@@ -999,6 +1013,7 @@ async fn a_server_in_error_is_deleted_and_created_once_more() {
 /// then finds that ERROR server, deletes it and boots a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_in_error_twice_fails_with_novas_fault_and_a_retry_boots_it() {
+    let _quota = volumes_quota(1).await;
     let t = Instant::now();
     let c = user_client();
     let cl = Cleanup::default();
