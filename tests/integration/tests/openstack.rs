@@ -72,15 +72,31 @@ fn unique(prefix: &str) -> String {
     format!("osm-test-{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
 }
 
-/// Volumes and ports a test made, removed at the end whatever happened.
+/// The bed's project holds 10 volumes (Cinder's default quota): the tests of this file
+/// that make volumes take one permit per volume, so running in parallel they stay below.
+static VOLUME_QUOTA: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(10);
+
+async fn volumes_quota(n: u32) -> tokio::sync::SemaphorePermit<'static> {
+    VOLUME_QUOTA.acquire_many(n).await.unwrap()
+}
+
+/// Servers, volumes and ports a test made, removed at the end whatever happened (servers
+/// first: they hold the volumes).
 #[derive(Default, Clone)]
 struct Cleanup {
+    servers: Arc<Mutex<Vec<String>>>,
     volumes: Arc<Mutex<Vec<String>>>,
     ports: Arc<Mutex<Vec<String>>>,
 }
 
 impl Cleanup {
     async fn run(&self, c: &Client) {
+        let servers: Vec<String> = self.servers.lock().unwrap().drain(..).collect();
+        for s in servers {
+            if let Err(e) = c.delete_server(&s, Duration::from_secs(120)).await {
+                eprintln!("cleanup: server {s}: {e}");
+            }
+        }
         let host = env("OSM_CONVERSION_HOST_ID");
         let vols: Vec<String> = self.volumes.lock().unwrap().drain(..).collect();
         for v in vols {
@@ -268,6 +284,7 @@ async fn wrong_password_and_unreachable_keystone_give_one_clear_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_attach_write_detach_reattach_reads_the_same_bytes() {
+    let _quota = volumes_quota(1).await;
     let c = user_client();
     let cl = Cleanup::default();
     let tmp = osm_integration_tests::scratch();
@@ -351,6 +368,7 @@ async fn create_attach_write_detach_reattach_reads_the_same_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn eight_volumes_attached_concurrently_map_to_their_own_devices() {
+    let _quota = volumes_quota(8).await;
     let c = Arc::new(user_client());
     let cl = Cleanup::default();
     let tmp = osm_integration_tests::scratch();
@@ -524,6 +542,7 @@ async fn self_discovery_finds_the_conversion_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sequence_completes_through_a_proxy_injecting_faults_on_20_percent_of_calls() {
+    let _quota = volumes_quota(2).await;
     let proxy = FaultProxy::start(&[5000, 8774, 8776, 9696, 9292], 20, 0x5eed_0005).await;
     let mut cfg = CloudConfig::resolve(None, None, &process_env).unwrap();
     cfg.auth_url = proxy.url_for(&cfg.auth_url);
@@ -645,6 +664,7 @@ async fn the_sequence_completes_through_a_proxy_injecting_faults_on_20_percent_o
 /// metadata, a port with the source MAC, a server booted from the volume → ACTIVE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_boots_from_volumes_with_a_created_flavor_and_port() {
+    let _quota = volumes_quota(1).await;
     use osm_agent::cloud::openstack::{BootVolume, FlavorSpec, ServerSpec};
     let admin = Client::new(
         CloudConfig::resolve(Some(&env("OSM_OS_ADMIN_CLOUD")), None, &process_env).unwrap(),
@@ -739,4 +759,293 @@ async fn a_server_boots_from_volumes_with_a_created_flavor_and_port() {
     if let Some(id) = flavor_id {
         admin.delete_flavor(&id).await.unwrap();
     }
+}
+
+/// Volumes and ports of one tag, read with 2 items per page: every one is found, none twice
+/// (a single request would stop at the first page, as it did at 1000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_read_every_page_of_volumes_ports_and_flavors() {
+    let _quota = volumes_quota(3).await;
+    let t = Instant::now();
+    let c = user_client().with_page_size(2);
+    let cl = Cleanup::default();
+    guarded(&c, &cl, async {
+        let tag = unique("paging");
+        let filter: Metadata = [("osm_test_paging".to_string(), tag.clone())].into();
+        let mut volumes = Vec::new();
+        for i in 0..3 {
+            let v = c
+                .create_volume(&VolumeSpec {
+                    name: format!("{tag}-{i}"),
+                    size_bytes: 1 << 30,
+                    volume_type: None,
+                    availability_zone: None,
+                    description: None,
+                    metadata: filter.clone(),
+                    idempotency_key: None,
+                })
+                .await
+                .unwrap();
+            cl.volumes.lock().unwrap().push(v.id.clone());
+            volumes.push(v.id);
+        }
+        let net = c.find_network(&env("OSM_OS_NETWORK")).await.unwrap();
+        let mut ports = Vec::new();
+        for i in 0..5 {
+            let p = c
+                .ensure_port(&PortSpec {
+                    network_id: net.id.clone(),
+                    name: format!("{tag}-{i}"),
+                    mac_address: None,
+                    fixed_ips: vec![],
+                    security_group_ids: vec![],
+                    tags: vec![tag.clone()],
+                    description: None,
+                })
+                .await
+                .unwrap();
+            cl.ports.lock().unwrap().push(p.id.clone());
+            ports.push(p.id);
+        }
+        let mut found: Vec<String> = c
+            .find_volumes(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
+        found.sort();
+        volumes.sort();
+        assert_eq!(found, volumes, "Cinder volumes of the tag, 2 a page");
+        let mut found: Vec<String> = c
+            .list_ports(&format!("tags={tag}"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        found.sort();
+        ports.sort();
+        assert_eq!(found, ports, "Neutron ports of the tag, 2 a page");
+        let flavors = c.list_flavors().await.unwrap();
+        let mut ids: Vec<&str> = flavors.iter().map(|f| f.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), flavors.len(), "a flavor listed twice");
+        for name in ["osm.small", "osm.medium", "osm.large"] {
+            assert!(
+                flavors.iter().any(|f| f.name == name),
+                "{name} missing from Nova's flavors, 2 a page"
+            );
+        }
+        assert!(
+            matches!(c.find_network(&env("OSM_OS_NETWORK")).await, Ok(n) if n.id == net.id),
+            "a network by name, 2 a page"
+        );
+    })
+    .await;
+    eprintln!("paging: {:.1}s", t.elapsed().as_secs_f32());
+}
+
+/// Nova pages a server's volume attachments by offset: with 2 a page, the boot volume and
+/// three attached volumes of a test server are each listed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_attachments_read_every_page() {
+    let _quota = volumes_quota(4).await;
+    let t = Instant::now();
+    let c = user_client().with_page_size(2);
+    let cl = Cleanup::default();
+    guarded(&c, &cl, async {
+        let name = unique("att-page");
+        let spec = server_spec(&c, &cl, &name).await;
+        let ids = Mutex::new(Vec::new());
+        let server = boot(&c, &cl, &spec, &ids).await.unwrap();
+        let mut mine = vec![spec.volumes[0].volume_id.clone()];
+        for i in 0..3 {
+            let v = c
+                .create_volume(&VolumeSpec {
+                    name: format!("{name}-{i}"),
+                    size_bytes: 1 << 30,
+                    volume_type: None,
+                    availability_zone: None,
+                    description: None,
+                    metadata: Metadata::new(),
+                    idempotency_key: None,
+                })
+                .await
+                .unwrap();
+            cl.volumes.lock().unwrap().push(v.id.clone());
+            c.wait_volume(&v.id, &["available"], Duration::from_secs(120))
+                .await
+                .unwrap();
+            c.attach_volume(&server.id, &v.id).await.unwrap();
+            c.wait_volume(&v.id, &["in-use"], Duration::from_secs(120))
+                .await
+                .unwrap();
+            mine.push(v.id);
+        }
+        let mut listed: Vec<String> = c
+            .server_attachments(&server.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.volume_id)
+            .collect();
+        listed.sort();
+        mine.sort();
+        assert_eq!(listed, mine, "the attachments of server {}, 2 a page", server.id);
+    })
+    .await;
+    eprintln!("attachment paging: {:.1}s", t.elapsed().as_secs_f32());
+}
+
+/// Make the bed's Nova fail the next `n` spawns of servers named `name` (see the bed's
+/// README, "Spawn failures on demand").
+fn fail_spawns(name: &str, n: u32) {
+    let state = process_env("OSM_TESTBED_STATE").unwrap_or_else(|| "/var/tmp/osm-testbed".into());
+    let dir = PathBuf::from(state).join("openstack/fail-spawn");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), format!("{n}\n")).unwrap();
+}
+
+/// A bootable volume and a port for a test server named `name`.
+async fn server_spec(c: &Client, cl: &Cleanup, name: &str) -> osm_agent::cloud::openstack::ServerSpec {
+    use osm_agent::cloud::openstack::{BootVolume, ServerSpec};
+    let vol = c
+        .create_volume(&VolumeSpec {
+            name: format!("{name}-boot"),
+            size_bytes: 1 << 30,
+            volume_type: None,
+            availability_zone: None,
+            description: None,
+            metadata: Metadata::new(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    cl.volumes.lock().unwrap().push(vol.id.clone());
+    c.wait_volume(&vol.id, &["available"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    c.set_bootable(&vol.id, true).await.unwrap();
+    let net = c.find_network(&env("OSM_OS_NETWORK")).await.unwrap();
+    let port = c
+        .ensure_port(&PortSpec {
+            network_id: net.id.clone(),
+            name: format!("{name}-port"),
+            mac_address: None,
+            fixed_ips: vec![],
+            security_group_ids: vec![],
+            tags: vec!["osm".into()],
+            description: None,
+        })
+        .await
+        .unwrap();
+    cl.ports.lock().unwrap().push(port.id.clone());
+    let flavor = c
+        .list_flavors()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == "osm.small")
+        .expect("the bed's flavor osm.small");
+    ServerSpec {
+        name: name.to_string(),
+        flavor_id: flavor.id,
+        volumes: vec![BootVolume {
+            volume_id: vol.id.clone(),
+            boot_index: Some(0),
+        }],
+        port_ids: vec![port.id.clone()],
+        security_groups: vec![],
+        availability_zone: None,
+        key_name: None,
+        user_data: None,
+        metadata: Metadata::new(),
+        idempotency_key: Some(format!("{name}-key")),
+    }
+}
+
+/// Boot as the migration's boot step does, keeping every server id it reports.
+async fn boot(
+    c: &Client,
+    cl: &Cleanup,
+    spec: &osm_agent::cloud::openstack::ServerSpec,
+    ids: &Mutex<Vec<String>>,
+) -> Result<osm_agent::cloud::openstack::Server, Error> {
+    let record = |id: &str| {
+        ids.lock().unwrap().push(id.to_string());
+        cl.servers.lock().unwrap().push(id.to_string());
+        Ok::<(), String>(())
+    };
+    c.boot_server(spec, Duration::from_secs(180), &record).await
+}
+
+/// A first spawn in ERROR: that server is deleted and the server created once more; one
+/// server is left, ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_error_is_deleted_and_created_once_more() {
+    let _quota = volumes_quota(1).await;
+    let t = Instant::now();
+    let c = user_client();
+    let cl = Cleanup::default();
+    guarded(&c, &cl, async {
+        let name = unique("error-once");
+        let spec = server_spec(&c, &cl, &name).await;
+        fail_spawns(&name, 1);
+        let ids = Mutex::new(Vec::new());
+        let s = boot(&c, &cl, &spec, &ids).await.expect("the second server boots");
+        assert_eq!(s.status, "ACTIVE");
+        let ids = ids.into_inner().unwrap();
+        assert_eq!(ids.len(), 2, "one server in ERROR, then one more: {ids:?}");
+        assert_eq!(s.id, ids[1]);
+        assert!(
+            matches!(c.get_server(&ids[0]).await, Err(e) if e.is_not_found()),
+            "the ERROR server {} must be gone",
+            ids[0]
+        );
+    })
+    .await;
+    eprintln!("error once: {:.1}s", t.elapsed().as_secs_f32());
+}
+
+/// Two spawns in ERROR: the job's error carries Nova's fault message. A retry of the step
+/// then finds that ERROR server, deletes it and boots a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_error_twice_fails_with_novas_fault_and_a_retry_boots_it() {
+    let _quota = volumes_quota(1).await;
+    let t = Instant::now();
+    let c = user_client();
+    let cl = Cleanup::default();
+    guarded(&c, &cl, async {
+        let name = unique("error-twice");
+        let spec = server_spec(&c, &cl, &name).await;
+        fail_spawns(&name, 2);
+        let ids = Mutex::new(Vec::new());
+        let err = boot(&c, &cl, &spec, &ids)
+            .await
+            .expect_err("two failed spawns")
+            .to_string();
+        eprintln!("two failures: {err}");
+        assert!(
+            err.contains("osm test bed: spawn failure injected"),
+            "Nova's fault missing: {err}"
+        );
+        assert_eq!(ids.lock().unwrap().len(), 2, "created once more, not again");
+        let again = Mutex::new(Vec::new());
+        let s = boot(&c, &cl, &spec, &again).await.expect("a retry boots the server");
+        assert_eq!(s.status, "ACTIVE");
+        let again = again.into_inner().unwrap();
+        let first = ids.into_inner().unwrap();
+        assert_eq!(again.first(), first.last(), "the retry finds the ERROR server first");
+        assert_eq!(again.len(), 2, "and makes one new server: {again:?}");
+        for old in &first {
+            assert!(
+                matches!(c.get_server(old).await, Err(e) if e.is_not_found()),
+                "server {old} in ERROR must be gone"
+            );
+        }
+    })
+    .await;
+    eprintln!("error twice: {:.1}s", t.elapsed().as_secs_f32());
 }

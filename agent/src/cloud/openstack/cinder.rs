@@ -142,21 +142,12 @@ impl Client {
     /// ": <reason>" from Cinder's user messages (3.3+), or "".
     async fn volume_error_reason(&self, id: &str) -> String {
         #[derive(Deserialize)]
-        struct R {
-            #[serde(default)]
-            messages: Vec<M>,
-        }
-        #[derive(Deserialize)]
         struct M {
             user_message: String,
         }
-        match self
-            .get_json::<R>(BlockStorage, &format!("/messages?resource_uuid={}", q(id)))
-            .await
-        {
-            Ok(r) if !r.messages.is_empty() => {
-                format!(": {}", r.messages.last().map(|m| m.user_message.as_str()).unwrap_or(""))
-            }
+        let path = format!("/messages?resource_uuid={}", q(id));
+        match self.list_all::<M>(BlockStorage, &path, "messages").await {
+            Ok(m) if !m.is_empty() => format!(": {}", m.last().map(|m| m.user_message.as_str()).unwrap_or("")),
             _ => String::new(),
         }
     }
@@ -211,20 +202,14 @@ impl Client {
     /// Volumes of the project whose metadata holds every pair of `filter` (Cinder filters;
     /// checked again here since older Cinders ignore unknown filters).
     pub async fn find_volumes(&self, filter: &Metadata) -> Result<Vec<Volume>, Error> {
-        #[derive(Deserialize)]
-        struct R {
-            volumes: Vec<Volume>,
-        }
         let f = serde_json::to_string(filter).unwrap_or_default();
-        let r: R = match self
-            .get_json(BlockStorage, &format!("/volumes/detail?limit=1000&metadata={}", q(&f)))
-            .await
-        {
+        let path = format!("/volumes/detail?metadata={}", q(&f));
+        let volumes: Vec<Volume> = match self.list_all(BlockStorage, &path, "volumes").await {
             // A Cinder without `metadata` in its resource_filters.json refuses the filter.
-            Err(e) if e.status() == Some(400) => self.get_json(BlockStorage, "/volumes/detail?limit=1000").await?,
+            Err(e) if e.status() == Some(400) => self.list_all(BlockStorage, "/volumes/detail", "volumes").await?,
             r => r?,
         };
-        Ok(r.volumes
+        Ok(volumes
             .into_iter()
             .filter(|v| filter.iter().all(|(k, val)| v.metadata.get(k) == Some(val)))
             .collect())

@@ -6,19 +6,29 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
+use super::paging::DEFAULT_PAGE_SIZE;
 use super::session::{Body, Reply, RetryPolicy, Service, Session};
 use super::{CloudConfig, Error};
 
 #[derive(Debug)]
 pub struct Client {
     pub(super) session: Session,
+    /// Items asked for per list page (paging.rs).
+    pub(super) page_size: usize,
 }
 
 impl Client {
     pub fn new(cfg: CloudConfig, policy: RetryPolicy) -> Result<Client, Error> {
         Ok(Client {
             session: Session::new(cfg, policy)?,
+            page_size: DEFAULT_PAGE_SIZE,
         })
+    }
+
+    /// Ask for `n` items per list page (at least 1); tests lower it to force several pages.
+    pub fn with_page_size(mut self, n: usize) -> Client {
+        self.page_size = n.max(1);
+        self
     }
 
     pub fn session(&self) -> &Session {

@@ -26,12 +26,10 @@ impl Client {
             body[k] = json!(v);
         }
         let find = || async {
-            #[derive(serde::Deserialize)]
-            struct Many {
-                images: Vec<Image>,
-            }
-            let r: Many = self.get_json(Img, &format!("/images?name={}", q(&spec.name))).await?;
-            Ok(r.images.into_iter().find(|i| i.status == "queued"))
+            let images: Vec<Image> = self
+                .list_all(Img, &format!("/images?name={}", q(&spec.name)), "images")
+                .await?;
+            Ok(images.into_iter().find(|i| i.status == "queued"))
         };
         let create = || async { self.post_once(Img, "/images", body.clone()).await?.json(Img) };
         self.find_or_create(&format!("image {}", spec.name), find, create).await

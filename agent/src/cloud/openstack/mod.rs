@@ -24,7 +24,9 @@ mod error;
 mod glance;
 mod neutron;
 mod nova;
+mod paging;
 pub mod prereqs;
+mod server_boot;
 pub mod session;
 pub mod settings;
 pub mod types;
@@ -34,6 +36,7 @@ use std::time::Duration;
 pub use client::Client;
 pub use cloudconfig::{AuthMethod, CloudConfig, Scope, Secret};
 pub use error::{service_message, Error};
+pub use server_boot::OnServer;
 pub use session::{RetryPolicy, Service};
 pub use settings::{OpenStackFragment, OpenStackSettings};
 pub use types::*;
@@ -68,6 +71,10 @@ pub trait OpenStack: Send + Sync {
     async fn delete_server(&self, id: &str, timeout: Duration) -> Result<(), Error>;
     async fn get_server(&self, id: &str) -> Result<Server, Error>;
     async fn wait_server_active(&self, id: &str, timeout: Duration) -> Result<Server, Error>;
+    /// Create the server (or find this spec's) and wait for ACTIVE; `on_server` hears its id
+    /// before the wait.
+    async fn boot_server(&self, spec: &ServerSpec, timeout: Duration, on_server: OnServer<'_>)
+        -> Result<Server, Error>;
     async fn set_server_metadata(&self, id: &str, md: &Metadata) -> Result<Metadata, Error>;
     async fn compute_limits(&self) -> Result<ComputeLimits, Error>;
 
@@ -153,6 +160,14 @@ impl OpenStack for Client {
     }
     async fn wait_server_active(&self, id: &str, timeout: Duration) -> Result<Server, Error> {
         Client::wait_server_active(self, id, timeout).await
+    }
+    async fn boot_server(
+        &self,
+        spec: &ServerSpec,
+        timeout: Duration,
+        on_server: OnServer<'_>,
+    ) -> Result<Server, Error> {
+        Client::boot_server(self, spec, timeout, on_server).await
     }
     async fn set_server_metadata(&self, id: &str, md: &Metadata) -> Result<Metadata, Error> {
         Client::set_server_metadata(self, id, md).await

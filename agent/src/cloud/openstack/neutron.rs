@@ -16,17 +16,15 @@ impl Client {
         struct One {
             network: Network,
         }
-        #[derive(Deserialize)]
-        struct Many {
-            networks: Vec<Network>,
-        }
         match self.get_json::<One>(Net, &format!("/networks/{}", q(name_or_id))).await {
             Ok(r) => return Ok(r.network),
             Err(e) if e.status() == Some(404) => {}
             Err(e) => return Err(e),
         }
-        let r: Many = self.get_json(Net, &format!("/networks?name={}", q(name_or_id))).await?;
-        unique("network", name_or_id, r.networks, |n| n.id.clone())
+        let found = self
+            .list_all(Net, &format!("/networks?name={}", q(name_or_id)), "networks")
+            .await?;
+        unique("network", name_or_id, found, |n: &Network| n.id.clone())
     }
 
     /// A subnet by id, else by name (within `network_id` when given).
@@ -34,10 +32,6 @@ impl Client {
         #[derive(Deserialize)]
         struct One {
             subnet: Subnet,
-        }
-        #[derive(Deserialize)]
-        struct Many {
-            subnets: Vec<Subnet>,
         }
         match self.get_json::<One>(Net, &format!("/subnets/{}", q(name_or_id))).await {
             Ok(r) => return Ok(r.subnet),
@@ -48,8 +42,8 @@ impl Client {
         if let Some(n) = network_id {
             path.push_str(&format!("&network_id={}", q(n)));
         }
-        let r: Many = self.get_json(Net, &path).await?;
-        unique("subnet", name_or_id, r.subnets, |s| s.id.clone())
+        let found = self.list_all(Net, &path, "subnets").await?;
+        unique("subnet", name_or_id, found, |s: &Subnet| s.id.clone())
     }
 
     /// A security group id by id, else by name in the token's project (an admin sees
@@ -63,10 +57,6 @@ impl Client {
         struct One {
             security_group: G,
         }
-        #[derive(Deserialize)]
-        struct Many {
-            security_groups: Vec<G>,
-        }
         match self
             .get_json::<One>(Net, &format!("/security-groups/{}", q(name_or_id)))
             .await
@@ -76,22 +66,13 @@ impl Client {
             Err(e) => return Err(e),
         }
         let project = self.session.project_id().await?;
-        let r: Many = self
-            .get_json(
-                Net,
-                &format!("/security-groups?name={}&project_id={}", q(name_or_id), q(&project)),
-            )
-            .await?;
-        unique("security group", name_or_id, r.security_groups, |g| g.id.clone()).map(|g| g.id)
+        let path = format!("/security-groups?name={}&project_id={}", q(name_or_id), q(&project));
+        let found = self.list_all(Net, &path, "security_groups").await?;
+        unique("security group", name_or_id, found, |g: &G| g.id.clone()).map(|g| g.id)
     }
 
     pub async fn list_ports(&self, query: &str) -> Result<Vec<Port>, Error> {
-        #[derive(Deserialize)]
-        struct Many {
-            ports: Vec<Port>,
-        }
-        let r: Many = self.get_json(Net, &format!("/ports?{query}")).await?;
-        Ok(r.ports)
+        self.list_all(Net, &format!("/ports?{query}"), "ports").await
     }
 
     /// Find or create a port: the port with this MAC on this network (or, without a MAC,

@@ -52,25 +52,14 @@ impl Client {
     }
 
     pub async fn server_attachments(&self, server_id: &str) -> Result<Vec<Attachment>, Error> {
-        #[derive(Deserialize)]
-        struct R {
-            #[serde(rename = "volumeAttachments")]
-            a: Vec<Attachment>,
-        }
-        let r: R = self
-            .get_json(Compute, &format!("/servers/{server_id}/os-volume_attachments"))
-            .await?;
-        Ok(r.a)
+        let path = format!("/servers/{server_id}/os-volume_attachments");
+        self.list_all_by_offset(Compute, &path, "volumeAttachments").await
     }
 
     /// All flavors the project sees, with their extra specs (2.61+ lists them).
     pub async fn list_flavors(&self) -> Result<Vec<Flavor>, Error> {
-        #[derive(Deserialize)]
-        struct R {
-            flavors: Vec<Flavor>,
-        }
-        let r: R = self.get_json(Compute, "/flavors/detail?is_public=None").await?;
-        Ok(r.flavors)
+        self.list_all(Compute, "/flavors/detail?is_public=None", "flavors")
+            .await
     }
 
     pub async fn get_flavor(&self, id: &str) -> Result<Flavor, Error> {
@@ -216,17 +205,9 @@ impl Client {
             let Some(k) = &spec.idempotency_key else {
                 return Ok(None);
             };
-            #[derive(Deserialize)]
-            struct R {
-                servers: Vec<Server>,
-            }
-            let r: R = self
-                .get_json(
-                    Compute,
-                    &format!("/servers/detail?name={}", q(&format!("^{}$", regex_escape(&spec.name)))),
-                )
-                .await?;
-            Ok(r.servers
+            let path = format!("/servers/detail?name={}", q(&format!("^{}$", regex_escape(&spec.name))));
+            let servers: Vec<Server> = self.list_all(Compute, &path, "servers").await?;
+            Ok(servers
                 .into_iter()
                 .find(|s| s.metadata.get(IDEMPOTENCY_KEY) == Some(k) && s.status != "DELETED"))
         };
@@ -247,20 +228,22 @@ impl Client {
 
     /// Wait for ACTIVE; ERROR fails at once with Nova's fault message.
     pub async fn wait_server_active(&self, id: &str, timeout: Duration) -> Result<Server, Error> {
+        let s = self.wait_server_settled(id, timeout).await?;
+        if s.status == "ERROR" {
+            return Err(Error::State {
+                what: format!("server {} ({id})", s.name),
+                message: format!("status ERROR: {}", super::server_boot::fault(&s)),
+            });
+        }
+        Ok(s)
+    }
+
+    /// Wait until the server is ACTIVE or ERROR, and return it either way.
+    pub async fn wait_server_settled(&self, id: &str, timeout: Duration) -> Result<Server, Error> {
         self.wait_until(&format!("server {id} waiting for ACTIVE"), timeout, || async {
             let s = self.get_server(id).await?;
             match s.status.as_str() {
-                "ACTIVE" => Ok(Ok(s)),
-                "ERROR" => Err(Error::State {
-                    what: format!("server {} ({id})", s.name),
-                    message: format!(
-                        "status ERROR: {}",
-                        s.fault
-                            .as_ref()
-                            .map(|f| f.message.as_str())
-                            .unwrap_or("Nova gave no fault message")
-                    ),
-                }),
+                "ACTIVE" | "ERROR" => Ok(Ok(s)),
                 other => Ok(Err(other.to_string())),
             }
         })

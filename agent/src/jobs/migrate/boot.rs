@@ -282,12 +282,11 @@ pub async fn boot(ctx: &Ctx) -> Result<(), JobError> {
         metadata,
         idempotency_key: Some(format!("osm-{}-{}-server", vm.moref, st.origin_job)),
     };
-    let server = ctx.os.create_server(&spec).await.map_err(|e| fail(p, e))?;
-    ctx.update(|s| s.server_id = server.id.clone())?;
     let timeout = ctx.engine.settings().openstack.server_timeout;
+    let record = |id: &str| ctx.update(|s| s.server_id = id.to_string()).map_err(|e| e.to_string());
     let server = ctx
         .os
-        .wait_server_active(&server.id, timeout)
+        .boot_server(&spec, timeout, &record)
         .await
         .map_err(|e| fail(p, e))?;
     tracing::info!("server {} ({}) is {}", server.name, server.id, server.status);

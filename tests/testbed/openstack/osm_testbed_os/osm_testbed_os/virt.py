@@ -10,10 +10,19 @@ volume is untouched (spawn, not attach_volume). Select with
     [DEFAULT] compute_driver = osm_testbed.ConversionHostDriver
 (deps.sh puts the alias nova/virt/osm_testbed.py into the venv: nova 34 loads drivers
 from the nova.virt namespace only)
+
+Spawn failures on demand: while $OSM_TESTBED_STATE/openstack/fail-spawn/<server name>
+holds a number N > 0, the next spawn of a server of that name fails (Nova sets it to ERROR
+with the fault "Build of instance <uuid> aborted: osm test bed: spawn failure injected
+...") and N goes down by one; the file is removed at 0.
 """
+import os
+import re
+
 from oslo_log import log as logging
 
 from nova import context as nova_context
+from nova import exception
 from nova import objects
 from nova.compute import power_state
 from nova.compute import vm_states
@@ -27,6 +36,26 @@ from osm_testbed_os import qmp
 LOG = logging.getLogger(__name__)
 ROLE_KEY = "osm_testbed_role"
 ROLE = "conversion-host"
+FAIL_SPAWN_DIR = os.path.join(os.environ.get("OSM_TESTBED_STATE", "/var/tmp/osm-testbed"),
+                              "openstack", "fail-spawn")
+
+
+def _take_spawn_failure(name):
+    """True (and one failure fewer left) when fail-spawn/<name> asks for one."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", name or "") or name.startswith("."):
+        return False
+    path = os.path.join(FAIL_SPAWN_DIR, name)
+    try:
+        with open(path) as f:
+            left = int(f.read().strip() or "0")
+    except (OSError, ValueError):
+        return False
+    if left <= 1:
+        os.remove(path)
+    else:
+        with open(path, "w") as f:
+            f.write("%d\n" % (left - 1))
+    return left > 0
 
 
 def _volume_id(connection_info):
@@ -63,6 +92,22 @@ class ConversionHostDriver(fake.FakeDriverWithoutFakeNodes):
                                           cinder.API().get(ctx, bdm.volume_id)["size"])
         except Exception:
             LOG.exception("osm testbed: restoring conversion-host volumes failed")
+
+    def spawn(self, context, instance, image_meta, injected_files, admin_password,
+              allocations, network_info=None, block_device_info=None, power_on=True,
+              accel_info=None):
+        if _take_spawn_failure(instance.display_name):
+            LOG.info("osm testbed: failing the spawn of %s as %s asks",
+                     instance.display_name, FAIL_SPAWN_DIR)
+            # BuildAbortException: ERROR at once, no reschedule (whose fault would only
+            # say "Exceeded maximum number of retries").
+            raise exception.BuildAbortException(
+                instance_uuid=instance.uuid,
+                reason="osm test bed: spawn failure injected by fail-spawn/%s" % instance.display_name)
+        super().spawn(context, instance, image_meta, injected_files, admin_password,
+                      allocations, network_info=network_info,
+                      block_device_info=block_device_info, power_on=power_on,
+                      accel_info=accel_info)
 
     def default_root_device_name(self, instance, image_meta, root_bdm):
         # virtio names like libvirt/KVM (/dev/vda, attached volumes /dev/vdb, ...)
