@@ -1,5 +1,6 @@
 //! Start-up, readiness, the engine loop with the watchdog, and a clean stop.
-//! Order: config → logging → state → recover jobs → socket → D-Bus → READY=1.
+//! Order: config → logging → state → kill the previous agent's children → recover jobs →
+//! socket → D-Bus → READY=1.
 pub mod job_log;
 mod logging;
 
@@ -55,6 +56,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .create(d)
             .with_context(|| format!("creating {}", d.display()))?;
     }
+    take_over_children(&settings)?;
     let store = Store::open(&settings.state_dir)?;
     let engine = Engine::new(settings.clone(), store);
     let resumed = engine.recover()?;
@@ -99,6 +101,27 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
 }
+
+/// Before any job resumes: no process of a previous agent may still write a volume.
+fn take_over_children(settings: &Settings) -> anyhow::Result<()> {
+    let t = crate::exec::runner::take_over(&settings.state_dir, CHILDREN_TIMEOUT)?;
+    if !t.recorded.is_empty() || !t.killed.is_empty() {
+        let killed: Vec<String> = t.killed.iter().map(|(pid, name)| format!("{name} ({pid})")).collect();
+        tracing::warn!(
+            "previous agent's children: {} group(s) recorded, {} process(es) still running killed and gone: {}",
+            t.recorded.len(),
+            t.killed.len(),
+            if killed.is_empty() {
+                "none".into()
+            } else {
+                killed.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+const CHILDREN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The engine's turn every second; WATCHDOG=1 only after a turn completes.
 async fn engine_loop(engine: Engine) {

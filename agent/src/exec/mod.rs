@@ -1,6 +1,7 @@
 //! External tools. Each file builds its tool's argv with a pure function and owns the
-//! process it starts; nothing here goes through a shell.
+//! process it starts, through [`runner`]; nothing here goes through a shell.
 pub mod nbdkit;
+pub mod runner;
 pub mod virt_v2v;
 
 use std::path::{Path, PathBuf};

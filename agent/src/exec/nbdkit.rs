@@ -1,13 +1,14 @@
-//! nbdkit: argv built by a pure function, a process that dies with the agent and is
-//! killed (with its socket folder removed) when dropped, readiness by a real handshake.
+//! nbdkit: argv built by a pure function, a process started by [`super::runner`] (dies
+//! with the agent) and killed (with its socket removed) when dropped, readiness by a real
+//! handshake.
 use std::ffi::OsString;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::runner::{self, Child};
 use crate::nbd::handle::handshake_ok;
 
 /// Production source: VMware's VDDK through nbdkit's vddk plugin.
@@ -58,9 +59,9 @@ pub struct NbdkitSpec {
 
 /// The argv after the program name. Pure: unit-tested below.
 pub fn argv(spec: &NbdkitSpec) -> Vec<OsString> {
-    let mut a: Vec<OsString> = ["--readonly", "--exit-with-parent", "--foreground", "--unix"]
-        .map(OsString::from)
-        .to_vec();
+    // No --exit-with-parent: it would replace the runner's PR_SET_PDEATHSIG(SIGKILL)
+    // with SIGTERM.
+    let mut a: Vec<OsString> = ["--readonly", "--foreground", "--unix"].map(OsString::from).to_vec();
     a.push(spec.socket.clone().into());
     let kv = |k: &str, v: &std::ffi::OsStr| {
         let mut s = OsString::from(format!("{k}="));
@@ -161,14 +162,12 @@ impl Nbdkit {
             .mode(0o600)
             .open(log)
             .map_err(prep(log))?;
-        let child = Command::new(program)
-            .args(argv(spec))
+        let mut cmd = Command::new(program);
+        cmd.args(argv(spec))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(errlog)
-            .process_group(0)
-            .spawn()
-            .map_err(NbdkitError::Spawn)?;
+            .stderr(errlog);
+        let child = runner::spawn(cmd).map_err(NbdkitError::Spawn)?;
         let mut me = Nbdkit {
             child,
             socket: spec.socket.clone(),
@@ -202,14 +201,7 @@ impl Nbdkit {
 
 impl Drop for Nbdkit {
     fn drop(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
-        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
+        let _ = self.child.stop(Duration::from_secs(5));
         let _ = std::fs::remove_file(&self.socket);
     }
 }
@@ -223,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn file_plugin_is_readonly_and_dies_with_parent() {
+    fn file_plugin_is_readonly_and_serves_in_the_foreground() {
         let spec = NbdkitSpec {
             plugin: Plugin::File("/ds/my vm/disk-flat.vmdk".into()),
             socket: "/run/osm/jobs/7/nbdkit.sock".into(),
@@ -232,7 +224,6 @@ mod tests {
             strs(argv(&spec)),
             [
                 "--readonly",
-                "--exit-with-parent",
                 "--foreground",
                 "--unix",
                 "/run/osm/jobs/7/nbdkit.sock",
@@ -255,7 +246,7 @@ mod tests {
             socket: "/s".into(),
         };
         assert_eq!(
-            strs(argv(&spec))[5..],
+            strs(argv(&spec))[4..],
             [
                 "--filter=retry",
                 "curl",
@@ -294,7 +285,6 @@ mod tests {
             a,
             [
                 "--readonly",
-                "--exit-with-parent",
                 "--foreground",
                 "--unix",
                 "/s",

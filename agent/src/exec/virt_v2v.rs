@@ -43,15 +43,12 @@ use std::ffi::OsString;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use super::runner;
 
 /// The firmware the VM booted with at the source (vSphere's `firmware`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -514,12 +511,9 @@ pub fn root_disk(device: &str, spec: &ConvertSpec) -> Result<usize, ConvertError
         )
     })?;
     let cmds: Vec<&str> = commands.iter().map(String::as_str).collect();
-    let out = Command::new(&guestfish)
-        .args(guestfish_argv(&spec.disks, &cmds))
-        .envs(env(spec))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| not_found(format!("cannot run guestfish: {e}")))?;
+    let mut cmd = Command::new(&guestfish);
+    cmd.args(guestfish_argv(&spec.disks, &cmds)).envs(env(spec));
+    let out = runner::output(cmd).map_err(|e| not_found(format!("cannot run guestfish: {e}")))?;
     if !out.status.success() {
         return Err(not_found(format!(
             "guestfish failed ({}): {}",
@@ -599,39 +593,6 @@ fn log_tail(log: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The running tool: a process group, killed as a whole.
-struct Group {
-    child: Child,
-}
-
-impl Group {
-    fn pgid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// Has the leader exited? (Not reaped: its pid keeps the group id reserved.)
-    fn exited(&self) -> bool {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        !matches!(waitid(Id::Pid(self.pgid()), flags), Ok(WaitStatus::StillAlive))
-    }
-
-    /// SIGKILL whatever is left of the group, then reap the leader.
-    fn finish(mut self) -> std::io::Result<ExitStatus> {
-        let _ = killpg(self.pgid(), Signal::SIGKILL);
-        self.child.wait()
-    }
-
-    /// SIGTERM the group, give it `grace`, then [`Group::finish`].
-    fn kill(self, grace: Duration) {
-        let _ = killpg(self.pgid(), Signal::SIGTERM);
-        let end = Instant::now() + grace;
-        while !self.exited() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.finish();
-    }
-}
-
 const POLL: Duration = Duration::from_millis(250);
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -702,36 +663,35 @@ pub fn run(
         ..Default::default()
     };
     let stderr = log.try_clone().map_err(prep(&spec.log))?;
-    let child = Command::new(&exe)
-        .args(&args)
+    let mut cmd = Command::new(&exe);
+    cmd.args(&args)
         .envs(envs)
         .current_dir(&dir.0)
         .stdin(Stdio::null())
         .stdout(log)
-        .stderr(stderr)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ConvertError::NotInstalled(exe.display().to_string()),
-            _ => ConvertError::Spawn {
-                program: exe.clone(),
-                source,
-            },
-        })?;
-    let group = Group { child };
+        .stderr(stderr);
+    // The runner's group holds virt-v2v, its nbdkit and (by the environment marker) the
+    // qemu appliance libguestfs starts; all are killed together.
+    let mut group = runner::spawn(cmd).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ConvertError::NotInstalled(exe.display().to_string()),
+        _ => ConvertError::Spawn {
+            program: exe.clone(),
+            source,
+        },
+    })?;
     let start = Instant::now();
     let status = loop {
         let done = group.exited();
         reader.poll(&spec.log, progress);
         if done {
-            break group.finish();
+            break group.wait();
         }
         if stop.load(Ordering::SeqCst) {
-            group.kill(GRACE);
+            let _ = group.stop(GRACE);
             return Err(ConvertError::Stopped { log: spec.log.clone() });
         }
         if reader.get("i_type") == "windows" && !has_virtio {
-            group.kill(GRACE);
+            let _ = group.stop(GRACE);
             return Err(ConvertError::NoVirtioWin {
                 product: reader.get("i_product_name").to_string(),
                 missing: missing_virtio
@@ -741,7 +701,7 @@ pub fn run(
             });
         }
         if start.elapsed() > spec.timeout {
-            group.kill(GRACE);
+            let _ = group.stop(GRACE);
             return Err(ConvertError::Timeout {
                 timeout: spec.timeout,
                 log: spec.log.clone(),
