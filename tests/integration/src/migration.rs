@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use osm_agent::cloud::openstack::{Client, CloudConfig, Metadata, RetryPolicy};
+use osm_agent::cloud::openstack::session::Body;
+use osm_agent::cloud::openstack::{Client, CloudConfig, Metadata, RetryPolicy, Server, Service};
 use osm_agent::cloud::vsphere::{self, Endpoint, Trust};
 use osm_api::vsphere::VmInfo;
 use osm_api::MigrationInfo;
@@ -151,16 +152,43 @@ pub async fn leftovers(c: &Client, moref: &str) -> (Vec<String>, Vec<String>) {
     (vols, ports)
 }
 
-/// Remove a finished migration's server, ports and volumes (tests share the bed).
+/// The servers osm made for a VM (metadata `osm_vm`).
+pub async fn servers_of(c: &Client, moref: &str) -> Vec<Server> {
+    let r = c
+        .session()
+        .call(Service::Compute, reqwest::Method::GET, "/servers/detail", Body::None)
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json(Service::Compute).unwrap();
+    let all: Vec<Server> = serde_json::from_value(v["servers"].clone()).unwrap();
+    all.into_iter()
+        .filter(|s| s.metadata.get("osm_vm").map(String::as_str) == Some(moref))
+        .collect()
+}
+
+/// Remove a finished migration's server (and any other server osm made for the VM, so a
+/// failed test leaves none), ports and volumes (tests share the bed).
 pub async fn remove_migrated(c: &Client, moref: &str, server: &str) {
     if !server.is_empty() {
         let _ = c.delete_server(server, Duration::from_secs(300)).await;
+    }
+    for s in servers_of(c, moref).await {
+        let _ = c.delete_server(&s.id, Duration::from_secs(300)).await;
     }
     let (vols, ports) = leftovers(c, moref).await;
     for p in ports {
         let _ = c.delete_port(&p).await;
     }
+    let host = env("OSM_CONVERSION_HOST_ID");
     for v in vols {
+        // A failed test's job may have left it attached to the conversion host.
+        if c.get_volume(&v).await.is_ok_and(|x| {
+            x.attachments
+                .iter()
+                .any(|a| a.server_id.as_deref() == Some(host.as_str()))
+        }) {
+            let _ = c.detach_volume(&host, &v).await;
+        }
         let _ = c.wait_volume(&v, &["available"], Duration::from_secs(120)).await;
         let _ = c.delete_volume_wait(&v, Duration::from_secs(120)).await;
         let _ = std::fs::remove_file(volume_file(&v));

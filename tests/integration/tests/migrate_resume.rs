@@ -16,8 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use osm_agent::cloud::openstack::session::Body;
-use osm_agent::cloud::openstack::{Client, Server, Service};
+use osm_agent::cloud::openstack::Client;
 use osm_api::vsphere::VmInfo;
 use osm_api::{JobInfo, JobState, MigrationInfo};
 use osm_integration_tests::agent::{Agent, Options};
@@ -163,18 +162,6 @@ fn rank(step: &str) -> usize {
 }
 
 /// The servers osm made for the VM (by their `osm_vm` metadata).
-async fn servers_of(c: &Client, moref: &str) -> Vec<Server> {
-    let r = c
-        .session()
-        .call(Service::Compute, reqwest::Method::GET, "/servers/detail", Body::None)
-        .await
-        .unwrap();
-    let v: serde_json::Value = r.json(Service::Compute).unwrap();
-    let all: Vec<Server> = serde_json::from_value(v["servers"].clone()).unwrap();
-    all.into_iter()
-        .filter(|s| s.metadata.get("osm_vm").map(String::as_str) == Some(moref))
-        .collect()
-}
 
 /// The bed's clients and the source VM as it was before the migrations.
 struct Bed {
