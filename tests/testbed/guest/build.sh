@@ -78,20 +78,22 @@ tb_log "disks filled at $(( $(date +%s) - t0 ))s"
 
 # 4. Boot loaders, from inside the guest's own tree (libguestfs appliance, TCG): BIOS grub in
 #    the MBR gap, UEFI grub as the removable-media path EFI/BOOT/BOOTX64.EFI (no NVRAM entry).
+#    The kernel's disk names inside the appliance follow probe order (the appliance's own
+#    disk is sometimes sda): the BIOS target is the disk grub-probe finds /boot/grub on.
 guestfish --rw -a "$work/debian.raw" -a "$work/two-disk-1.raw" >"$work/grub.log" 2>&1 <<'EOF' \
   || { tail -n 30 "$work/grub.log" >&2; tb_die "grub installation failed"; }
 run
 mkfs vfat /dev/sda2
 mount /dev/sda1 /
 mount /dev/sda2 /boot/efi
-command "grub-install --target=i386-pc /dev/sda"
+sh "grub-install --target=i386-pc $(grub-probe -t disk /boot/grub)"
 command "grub-install --target=x86_64-efi --removable --no-nvram /dev/sda"
 command "update-grub"
 umount-all
 mkfs vfat /dev/sdb2
 mount /dev/sdb1 /
 mount /dev/sdb2 /boot/efi
-command "grub-install --target=i386-pc /dev/sdb"
+sh "grub-install --target=i386-pc $(grub-probe -t disk /boot/grub)"
 command "grub-install --target=x86_64-efi --removable --no-nvram /dev/sdb"
 command "update-grub"
 umount-all
