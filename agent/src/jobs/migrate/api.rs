@@ -227,3 +227,27 @@ fn plan_differences(old: &crate::plan::Plan, new: &crate::plan::Plan) -> Vec<Str
     }
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::plan_differences;
+    use crate::plan::{Cutover, Mode};
+
+    #[test]
+    fn a_continued_plan_may_not_change_mode_cutover_network_or_flavor() {
+        let text = "vms = [\"web\"]\n[source]\nvcenter = \"vc\"\nuser = \"u\"\npassword = { file = \"/p\" }\n";
+        let old = crate::plan::parse(text, std::path::Path::new("p.toml")).unwrap().plan;
+        assert!(plan_differences(&old, &old).is_empty());
+        let mut new = old.clone();
+        new.mode = Mode::Cold;
+        new.cutover = Cutover::Manual;
+        new.network.fixed_ips = !old.network.fixed_ips;
+        new.flavor = crate::plan::FlavorChoice::Create;
+        new.skip_conversion = !old.skip_conversion; // may change
+        let d = plan_differences(&old, &new);
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert!(
+            d[0].starts_with("mode") && d[1].starts_with("cutover") && d[2] == "network" && d[3].starts_with("flavor")
+        );
+    }
+}

@@ -113,3 +113,57 @@ pub async fn restore_after_failure(ctx: &Ctx) -> Option<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::migrate::state::{Conversion, DiskState};
+
+    fn synced() -> DiskState {
+        DiskState {
+            synced: true,
+            synced_change_id: Some("52 1/7".into()),
+            fresh: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_rewind_before_any_conversion_keeps_the_copied_data() {
+        let mut s = State {
+            phase: Phase::Network,
+            disks: vec![synced()],
+            conversion: Some(Conversion {
+                skipped: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        rewind_to_cutover(&mut s);
+        assert_eq!(s.phase, Phase::Cutover);
+        assert!(s.disks[0].synced && s.disks[0].synced_change_id.is_some());
+        assert_eq!(s.rewinds, 1);
+    }
+
+    #[test]
+    fn a_rewind_after_a_conversion_copies_every_disk_whole() {
+        for (converting, conversion) in [
+            (true, None),
+            (false, Some(Conversion::default())), // finished, not skipped
+        ] {
+            let mut s = State {
+                phase: Phase::Boot,
+                disks: vec![synced(), synced()],
+                converting,
+                conversion,
+                ..Default::default()
+            };
+            rewind_to_cutover(&mut s);
+            assert_eq!(s.phase, Phase::Cutover);
+            assert!(s.conversion.is_none() && !s.converting);
+            for d in &s.disks {
+                assert!(!d.synced && d.synced_change_id.is_none() && !d.fresh, "{d:?}");
+            }
+        }
+    }
+}
