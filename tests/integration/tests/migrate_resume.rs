@@ -161,7 +161,6 @@ fn rank(step: &str) -> usize {
     ORDER.iter().position(|p| step.starts_with(p)).unwrap_or(0)
 }
 
-
 /// The bed's clients and the source VM as it was before the migrations.
 struct Bed {
     rt: tokio::runtime::Runtime,
