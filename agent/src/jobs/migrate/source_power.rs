@@ -1,8 +1,9 @@
 //! The source's power state, read from vCenter before every step that depends on it
 //! (never taken from the job's record): a source that is running again after the cutover
-//! sends the job back to the cutover (shut down again, final round again; volumes that a
-//! conversion touched are copied whole again), and a failure before any server exists
-//! powers on a source that osm powered off.
+//! sends a cold job back to the cutover (shut down again, final round again) and a warm
+//! one back to its delta rounds (the cutover is due again as its plan says; an earlier
+//! `osmctl cutover` request is forgotten); volumes that a conversion touched are copied
+//! whole again. A failure before any server exists powers on a source osm powered off.
 use super::body::{fail, Ctx};
 use super::state::{Phase, State};
 use crate::cloud::vsphere::{self, snapshot::vm_ref};
@@ -43,16 +44,28 @@ pub async fn ensure_still_off(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
             ),
         ));
     }
+    let warm = ctx.job.plan.mode == crate::plan::Mode::Warm;
     tracing::warn!(
-        "the source VM runs again (before the {}): shutting it down again and redoing the final round{}",
+        "the source VM runs again (before the {}): {}{}",
         phase.as_str(),
+        if warm {
+            "back to the warm sync: delta rounds go on until the cutover is due again (a manual cutover waits for a new `osmctl cutover`)"
+        } else {
+            "shutting it down again and redoing the final round"
+        },
         if touched_by_conversion(&ctx.snapshot_state()) {
             "; the conversion changed the volumes, so every disk is copied whole again"
         } else {
             ""
         }
     );
-    ctx.update(rewind_to_cutover)?;
+    ctx.update(|s| {
+        rewind_to_cutover(s);
+        if warm {
+            s.phase = Phase::Warm;
+            s.cutover = None;
+        }
+    })?;
     Err(JobError::Rewound)
 }
 
