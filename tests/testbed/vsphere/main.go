@@ -84,7 +84,7 @@ func main() {
 	if err := buildInventory(ctx, client, st); err != nil {
 		log.Fatalf("inventory: %v", err)
 	}
-	st.restore()
+	st.restore(ctx, client)
 
 	mux := http.NewServeMux()
 	mux.Handle("/sdk", &sdkFront{st: st, inner: m.Service.ServeMux})

@@ -77,6 +77,11 @@ func (f *sdkFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.st.syncCBT(req.This)
 		}
 		relay(w, rec)
+	case *types.RemoveSnapshot_Task, *types.RemoveAllSnapshots_Task, *types.Destroy_Task,
+		*types.UnregisterVM, *types.RevertToSnapshot_Task, *types.RevertToCurrentSnapshot_Task:
+		rec := pass()
+		f.st.persist() // the saved snapshot tree follows
+		relay(w, rec)
 	default:
 		relay(w, pass())
 	}
