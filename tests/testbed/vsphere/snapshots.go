@@ -182,6 +182,7 @@ func (st *state) restoreSnaps(ctx context.Context, c *vim25.Client) {
 		})
 		st.snaps[ref.Value] = seqs
 		st.userSnaps[ref.Value] = true
+		log.Printf("re-created snapshot %s (%q) of %s", ref.Value, s.Name, s.VM)
 		restored[s.Ref] = ref
 		if i := strings.LastIndexByte(ref.Value, '-'); i >= 0 {
 			if n, err := strconv.ParseInt(ref.Value[i+1:], 10, 64); err == nil && n > maxN {
