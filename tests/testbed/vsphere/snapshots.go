@@ -89,7 +89,27 @@ func renameInTree(ts []types.VirtualMachineSnapshotTree, from, to types.ManagedO
 // restoreSnaps re-creates the previous run's client snapshots (after restore() re-armed
 // CBT). Caller holds st.mu.
 func (st *state) restoreSnaps(ctx context.Context, c *vim25.Client) {
+	// New morefs (the re-created snapshots' temporary ones included) must not collide with
+	// saved ones: first move the registry's counter (only reachable through Put) past the
+	// highest saved number, with throw-away objects of a type of our own.
 	maxN := int64(0)
+	for _, s := range st.prev.Snaps {
+		if i := strings.LastIndexByte(s.Ref, '-'); i >= 0 {
+			if n, err := strconv.ParseInt(s.Ref[i+1:], 10, 64); err == nil && n > maxN {
+				maxN = n
+			}
+		}
+	}
+	for maxN > 0 {
+		x := &simulator.VirtualMachineSnapshot{}
+		x.Self.Type = "OsmCounterBump"
+		simulator.Map.Put(x)
+		simulator.Map.Remove(x.Self)
+		i := strings.LastIndexByte(x.Self.Value, '-')
+		if n, err := strconv.ParseInt(x.Self.Value[i+1:], 10, 64); err != nil || n >= maxN {
+			break
+		}
+	}
 	restored := map[string]types.ManagedObjectReference{} // saved moref value -> actual
 	var currents []savedSnap
 	for _, s := range st.prev.Snaps {
@@ -184,11 +204,6 @@ func (st *state) restoreSnaps(ctx context.Context, c *vim25.Client) {
 		st.userSnaps[ref.Value] = true
 		log.Printf("re-created snapshot %s (%q) of %s", ref.Value, s.Name, s.VM)
 		restored[s.Ref] = ref
-		if i := strings.LastIndexByte(ref.Value, '-'); i >= 0 {
-			if n, err := strconv.ParseInt(ref.Value[i+1:], 10, 64); err == nil && n > maxN {
-				maxN = n
-			}
-		}
 		if s.Current {
 			currents = append(currents, s)
 		}
@@ -198,18 +213,6 @@ func (st *state) restoreSnaps(ctx context.Context, c *vim25.Client) {
 		if vm := st.findVM(s.VM); vm != nil {
 			r := restored[s.Ref]
 			simulator.Map.WithLock(vm, func() { vm.Snapshot.CurrentSnapshot = &r })
-		}
-	}
-	// New morefs must not collide with re-created ones: advance the registry's counter
-	// (only reachable through Put) past the highest number.
-	for {
-		x := &simulator.VirtualMachineSnapshot{}
-		simulator.Map.Put(x)
-		simulator.Map.Remove(x.Self)
-		i := strings.LastIndexByte(x.Self.Value, '-')
-		n, err := strconv.ParseInt(x.Self.Value[i+1:], 10, 64)
-		if err != nil || n > maxN {
-			break
 		}
 	}
 	if len(restored) > 0 {
