@@ -7,6 +7,7 @@ package main
 // State is kept in memory and saved to <state>/cbt.json after every change.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"sync"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -48,13 +50,16 @@ type state struct {
 	dsDir string
 	disks map[string]*disk         // "<vm moref>/<key>"
 	snaps map[string]map[int32]int // snapshot moref -> disk key -> seq it was given
-	order []types.ManagedObjectReference
-	prev  saved // cbt.json of the previous run, read before the inventory rewrites it
+	// client-taken snapshots (moref values), persisted across restarts (snapshots.go)
+	userSnaps map[string]bool
+	serving   bool // inventory built: snapshots from now on are the clients'
+	order     []types.ManagedObjectReference
+	prev      saved // cbt.json of the previous run, read before the inventory rewrites it
 }
 
 func newState(c config) *state {
 	st := &state{cfg: c, dsDir: filepath.Join(c.stateDir, "ds"),
-		disks: map[string]*disk{}, snaps: map[string]map[int32]int{}}
+		disks: map[string]*disk{}, snaps: map[string]map[int32]int{}, userSnaps: map[string]bool{}}
 	if b, err := os.ReadFile(filepath.Join(c.stateDir, "cbt.json")); err == nil {
 		_ = json.Unmarshal(b, &st.prev)
 	}
@@ -214,6 +219,9 @@ func (st *state) afterSnapshot(vmRef, snapRef types.ManagedObjectReference) {
 			}
 		}
 		st.snaps[snapRef.Value] = seqs
+		if st.serving {
+			st.userSnaps[snapRef.Value] = true
+		}
 	})
 	st.save()
 }
@@ -372,10 +380,12 @@ func (st *state) queryChanged(req *types.QueryChangedDiskAreas) (*types.DiskChan
 }
 
 type saved struct {
-	Disks []*disk `json:"disks"`
+	Disks []*disk     `json:"disks"`
+	Snaps []savedSnap `json:"snapshots,omitempty"`
 }
 
-// save persists the CBT bookkeeping (caller holds st.mu). Written atomically.
+// save persists the CBT bookkeeping and the client snapshots (caller holds st.mu, no VM
+// lock). Written atomically.
 func (st *state) save() {
 	var s saved
 	for _, d := range st.disks {
@@ -383,6 +393,7 @@ func (st *state) save() {
 			s.Disks = append(s.Disks, d)
 		}
 	}
+	s.Snaps = st.savedSnaps()
 	b, _ := json.Marshal(s)
 	p := filepath.Join(st.cfg.stateDir, "cbt.json")
 	if err := os.WriteFile(p+".tmp", b, 0o600); err == nil {
@@ -391,8 +402,8 @@ func (st *state) save() {
 }
 
 // restore re-arms tracking saved by a previous run for disks the new inventory left
-// untracked. Snapshots do not survive a restart; their changeIds do (query with no snapshot).
-func (st *state) restore() {
+// untracked, then re-creates the clients' snapshots (snapshots.go).
+func (st *state) restore(ctx context.Context, c *vim25.Client) {
 	s := st.prev
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -413,5 +424,7 @@ func (st *state) restore() {
 			}
 		})
 	}
+	st.restoreSnaps(ctx, c)
+	st.serving = true
 	st.save()
 }

@@ -64,7 +64,7 @@ func vmSpecs(c config) []vmSpec {
 	for i := 1; i <= c.extraVMs; i++ {
 		specs = append(specs, vmSpec{name: fmt.Sprintf("scale-%04d", i), guestID: "otherLinux64Guest",
 			disks: []int64{64 * mib}, images: []string{""}, nics: []nicSpec{{"VM Network", "", ""}},
-			tools: "notRunning", small: true, folder: "scale"})
+			tools: c.extraTools, poweredOn: c.extraTools == "running", small: true, folder: "scale"})
 	}
 	return specs
 }

@@ -29,6 +29,7 @@ type config struct {
 	extraVMs                                    int
 	pageSize                                    int64
 	guestImage, guest2Disk1, guest2Disk2        string
+	extraTools                                  string
 }
 
 func main() {
@@ -44,6 +45,7 @@ func main() {
 	flag.StringVar(&c.stateDir, "state", "", "state directory (datastore files, CBT bookkeeping)")
 	flag.StringVar(&c.dsName, "datastore", "datastore1", "datastore name")
 	flag.IntVar(&c.extraVMs, "extra-vms", 0, "number of extra plain VMs (scale tests)")
+	flag.StringVar(&c.extraTools, "extra-vms-tools", "notRunning", "VMware Tools status of the extra VMs (running: they can be migrated warm or shut down)")
 	flag.Int64Var(&c.pageSize, "qcda-page", 256<<20, "QueryChangedDiskAreas window in bytes")
 	flag.StringVar(&c.guestImage, "guest-image", os.Getenv("OSM_GUEST_IMAGE"), "raw image for osm-linux-1's disk")
 	flag.StringVar(&c.guest2Disk1, "guest2-disk1", os.Getenv("OSM_GUEST2_DISK1"), "raw image for osm-linux-2disk disk 1")
@@ -84,7 +86,7 @@ func main() {
 	if err := buildInventory(ctx, client, st); err != nil {
 		log.Fatalf("inventory: %v", err)
 	}
-	st.restore()
+	st.restore(ctx, client)
 
 	mux := http.NewServeMux()
 	mux.Handle("/sdk", &sdkFront{st: st, inner: m.Service.ServeMux})

@@ -9,6 +9,7 @@ import (
 	stdxml "encoding/xml"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -76,6 +77,14 @@ func (f *sdkFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if rec.Code == http.StatusOK {
 			f.st.syncCBT(req.This)
 		}
+		relay(w, rec)
+	case *types.RemoveSnapshot_Task, *types.RemoveAllSnapshots_Task, *types.Destroy_Task,
+		*types.UnregisterVM, *types.RevertToSnapshot_Task, *types.RevertToCurrentSnapshot_Task:
+		rec := pass()
+		if x, ok := req.(*types.RemoveSnapshot_Task); ok {
+			log.Printf("RemoveSnapshot_Task %s: HTTP %d %s", x.This.Value, rec.Code, faultName(rec.Body.Bytes()))
+		}
+		f.st.persist() // the saved snapshot tree follows
 		relay(w, rec)
 	default:
 		relay(w, pass())

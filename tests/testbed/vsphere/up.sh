@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vCenter simulator (vcsim-osm, see README.md) on https://127.0.0.1:${OSM_VC_PORT:-8989}.
 # Idempotent: a healthy simulator started with the same binary and settings is left alone.
-# Settings: OSM_VC_PORT, OSM_VC_EXTRA_VMS (extra plain VMs), OSM_VC_QCDA_PAGE (bytes),
+# Settings: OSM_VC_PORT, OSM_VC_EXTRA_VMS (extra plain VMs), OSM_VC_EXTRA_TOOLS (their tools status), OSM_VC_QCDA_PAGE (bytes),
 # OSM_GUEST_IMAGE / OSM_GUEST2_DISK1 / OSM_GUEST2_DISK2 (also read from env.d/guest.env).
 source "$(dirname "$0")/../lib.sh"
 src="$TESTBED_SRC/vsphere"
@@ -12,6 +12,7 @@ port=${OSM_VC_PORT:-8989}
 user=osm@vsphere.local
 page=${OSM_VC_QCDA_PAGE:-268435456}
 extra=${OSM_VC_EXTRA_VMS:-0}
+extra_tools=${OSM_VC_EXTRA_TOOLS:-notRunning}
 mkdir -p "$dir" "$cache"
 chmod 0700 "$dir"
 # The guest component (run before us) publishes its images in its env fragment.
@@ -51,7 +52,7 @@ fp() { openssl x509 -in "$dir/server.crt" -noout -fingerprint "-$1" | cut -d= -f
 
 # 3. Start unless already running with the same binary and settings. Other settings
 # (not a plain restart) start from fresh disks and CBT state.
-sig=$(printf '%s\n' "$hash" "$port" "$page" "$extra" "${OSM_GUEST_IMAGE:-}" "${OSM_GUEST2_DISK1:-}" "${OSM_GUEST2_DISK2:-}" |
+sig=$(printf '%s\n' "$hash" "$port" "$page" "$extra" "$extra_tools" "${OSM_GUEST_IMAGE:-}" "${OSM_GUEST2_DISK1:-}" "${OSM_GUEST2_DISK2:-}" |
   cat - <(stat -c %Y "${OSM_GUEST_IMAGE:-/nonexistent}" "${OSM_GUEST2_DISK1:-/nonexistent}" "${OSM_GUEST2_DISK2:-/nonexistent}" 2>/dev/null) |
   sha256sum | cut -c1-16)
 healthy() {
@@ -77,7 +78,7 @@ else
   echo "$sig" >"$dir/running.sig"
   t0=$(date +%s)
   tb_bg vsphere "$bin" -listen "127.0.0.1:$port" -cert "$dir/server.crt" -key "$dir/server.key" \
-    -user "$user" -password-file "$dir/password" -state "$dir" -extra-vms "$extra" -qcda-page "$page" \
+    -user "$user" -password-file "$dir/password" -state "$dir" -extra-vms "$extra" -extra-vms-tools "$extra_tools" -qcda-page "$page" \
     -guest-image "${OSM_GUEST_IMAGE:-}" -guest2-disk1 "${OSM_GUEST2_DISK1:-}" -guest2-disk2 "${OSM_GUEST2_DISK2:-}"
   for _ in $(seq 1 3000); do
     [ -f "$dir/ready" ] && break
