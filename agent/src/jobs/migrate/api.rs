@@ -190,7 +190,25 @@ impl Engine {
                 "job {id} succeeded: its volumes, ports and flavor belong to the migrated server now"
             )));
         }
-        super::cleanup::run(self, id, &job).await
+        let report = super::cleanup::run(self, id, &job).await?;
+        self.mark_cleaned_up(id)?;
+        Ok(report)
+    }
+
+    /// After a cleanup nothing of the job is continued: the VM's next migration starts
+    /// afresh (its volumes may be gone).
+    fn mark_cleaned_up(&self, id: u64) -> Result<(), Error> {
+        let Some(cp) = self.store().checkpoint(id)? else {
+            return Ok(());
+        };
+        let Ok(mut s) = serde_json::from_str::<super::state::State>(&cp) else {
+            return Ok(());
+        };
+        s.cleaned_up = true;
+        let json = serde_json::to_string(&s).expect("state serializes");
+        let j = self.get(id)?;
+        self.store().set_checkpoint(id, &json, j.bytes_done, j.bytes_total)?;
+        Ok(())
     }
 
     /// The last `lines` lines of the job's log.

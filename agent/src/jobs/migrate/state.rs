@@ -281,4 +281,19 @@ mod tests {
         assert_eq!(r.disks[0].device, None);
         assert!(r.disks[0].synced);
     }
+
+    #[test]
+    fn a_cleaned_up_job_is_not_continued_and_its_cutover_request_is_not_inherited() {
+        let s = State {
+            cutover: Some(String::new()),
+            ..Default::default()
+        };
+        let r: State = serde_json::from_str(&resume_from(&serde_json::to_string(&s).unwrap()).unwrap()).unwrap();
+        assert_eq!(r.cutover, None);
+        let cleaned = State {
+            cleaned_up: true,
+            ..Default::default()
+        };
+        assert_eq!(resume_from(&serde_json::to_string(&cleaned).unwrap()), None);
+    }
 }
