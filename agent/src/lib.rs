@@ -1,6 +1,7 @@
 //! osm-agent: the conversion-host daemon. See docs/ and ../shared/design/ARCHITECTURE.md.
 pub mod api;
 pub mod blockdev;
+pub mod bootdisk;
 pub mod cloud;
 pub mod config;
 pub mod daemon;

@@ -225,7 +225,11 @@ pub async fn boot(ctx: &Ctx) -> Result<(), JobError> {
     let st = ctx.snapshot_state();
     let vm = st.vm.clone().ok_or_else(|| fail(p, "no VM recorded"))?;
     let conv = st.conversion.clone().unwrap_or_default();
-    let root = conv.root_disk.min(st.disks.len().saturating_sub(1));
+    // Boot index 0: the disk with the boot loader, which need not be the root disk.
+    let root = conv
+        .boot_disk
+        .unwrap_or(conv.root_disk)
+        .min(st.disks.len().saturating_sub(1));
     let boot_volume = &st
         .disks
         .get(root)

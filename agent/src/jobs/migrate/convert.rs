@@ -1,9 +1,11 @@
 //! Conversion: virt-v2v-in-place over ALL the VM's disks in one run (the root may be on
-//! any disk); the boot disk and firmware come from its inspection, not from "disk 0".
+//! any disk); the root disk and firmware come from its inspection, not from "disk 0".
+//! Then, converted or not, the boot disk: the one holding the boot loader ([`bootdisk`]).
 use std::path::PathBuf;
 
 use super::body::{fail, Ctx};
-use super::state::{Conversion, Phase};
+use super::state::{Conversion, Phase, State};
+use crate::bootdisk;
 use crate::exec::virt_v2v::{self, Firmware};
 use crate::jobs::copy_job::JobError;
 
@@ -24,10 +26,14 @@ pub async fn run(ctx: &Ctx) -> Result<(), JobError> {
     }
     let vm = st.vm.clone().ok_or_else(|| fail(p, "no VM recorded"))?;
     let firmware = if vm.firmware == "efi" { "uefi" } else { "bios" };
+    super::disks::ensure_attached(ctx, p).await?;
     let conversion = if ctx.job.plan.skip_conversion {
-        tracing::info!("skip_conversion: the guest is not converted; it boots from disk 0 with {firmware} firmware");
+        tracing::info!(
+            "skip_conversion: the guest is not converted; its root is taken to be on disk 0, {firmware} firmware"
+        );
         Conversion {
             root_disk: 0,
+            boot_disk: None,
             firmware: firmware.into(),
             os_type: if vm.guest_id.starts_with("win") {
                 "windows".into()
@@ -38,14 +44,56 @@ pub async fn run(ctx: &Ctx) -> Result<(), JobError> {
             skipped: true,
         }
     } else {
-        super::disks::ensure_attached(ctx, p).await?;
         ctx.update(|s| s.converting = true)?;
         convert(ctx).await?
     };
+    let conversion = with_boot_disk(ctx, conversion).await?;
     ctx.update(|s| {
         s.conversion = Some(conversion);
         s.converting = false;
     })
+}
+
+/// The conversion with its boot disk: the volume holding the boot loader for its
+/// firmware (read-only), preferring the root disk; the root disk when none has one.
+async fn with_boot_disk(ctx: &Ctx, mut c: Conversion) -> Result<Conversion, JobError> {
+    let p = Phase::Convert;
+    let disks = attached_devices(&ctx.snapshot_state())?;
+    let firmware = if c.firmware == "uefi" {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    let root = c.root_disk;
+    let span = tracing::Span::current();
+    let choice = tokio::task::spawn_blocking(move || {
+        let _e = span.enter();
+        bootdisk::choose(&disks, firmware, root)
+    })
+    .await
+    .map_err(|e| fail(p, format!("boot disk thread: {e}")))?;
+    let fw = firmware.as_str();
+    match &choice.loader {
+        Some(what) if choice.disk == root => tracing::info!("boot disk: disk {root}, the root disk ({what})"),
+        Some(what) => tracing::info!("boot disk: disk {} ({what}); the root is on disk {root}", choice.disk),
+        None => tracing::warn!(
+            "no disk holds a {fw} boot loader osm recognizes: disk {root}, the root disk, gets boot index 0"
+        ),
+    }
+    if choice.candidates.len() > 1 {
+        tracing::info!("{fw} boot loaders on disks {:?}", choice.candidates);
+    }
+    c.boot_disk = Some(choice.disk);
+    Ok(c)
+}
+
+/// The attached devices, in the VM's disk order.
+fn attached_devices(st: &State) -> Result<Vec<PathBuf>, JobError> {
+    st.disks
+        .iter()
+        .map(|d| d.device.as_ref().map(PathBuf::from))
+        .collect::<Option<_>>()
+        .ok_or_else(|| fail(Phase::Convert, "a volume is not attached"))
 }
 
 /// virt-v2v-in-place on the attached volumes, in the VM's disk order.
@@ -53,12 +101,7 @@ async fn convert(ctx: &Ctx) -> Result<Conversion, JobError> {
     let p = Phase::Convert;
     let st = ctx.snapshot_state();
     let vm = st.vm.clone().ok_or_else(|| fail(p, "no VM recorded"))?;
-    let disks: Vec<PathBuf> = st
-        .disks
-        .iter()
-        .map(|d| d.device.as_ref().map(PathBuf::from))
-        .collect::<Option<_>>()
-        .ok_or_else(|| fail(p, "a volume is not attached"))?;
+    let disks = attached_devices(&st)?;
     let settings = &ctx.engine.settings().conversion;
     let firmware = if vm.firmware == "efi" {
         Firmware::Uefi
@@ -106,6 +149,7 @@ async fn convert(ctx: &Ctx) -> Result<Conversion, JobError> {
     );
     Ok(Conversion {
         root_disk: c.root_disk,
+        boot_disk: None,
         firmware: c.firmware,
         os_type: c.os_type,
         os_distro: c.os_distro,

@@ -81,6 +81,10 @@ pub struct DiskState {
 pub struct Conversion {
     /// Index (in disk order) of the disk holding the guest's root, from inspection.
     pub root_disk: usize,
+    /// Index of the disk holding the boot loader (boot index 0), read from the volumes;
+    /// None in a state recorded before osm looked (the root disk boots).
+    #[serde(default)]
+    pub boot_disk: Option<usize>,
     /// `bios` or `uefi`.
     pub firmware: String,
     /// e.g. `linux`, `windows`.
@@ -263,6 +267,15 @@ mod tests {
         assert_eq!(parse_time("2026-12-01T22:00:00.250Z"), Ok(1_796_162_400));
         assert!(parse_time("tonight").is_err());
         assert!(parse_time("2026-13-01T22:00:00Z").is_err());
+    }
+
+    #[test]
+    fn a_conversion_recorded_before_the_boot_disk_existed_has_none() {
+        let c: Conversion = serde_json::from_str(
+            r#"{"root_disk":1,"firmware":"bios","os_type":"linux","os_distro":"","skipped":false}"#,
+        )
+        .unwrap();
+        assert_eq!((c.root_disk, c.boot_disk), (1, None));
     }
 
     #[test]
