@@ -190,7 +190,12 @@ impl Engine {
                 "job {id} succeeded: its volumes, ports and flavor belong to the migrated server now"
             )));
         }
-        super::cleanup::run(self, id, &job).await
+        let _held = super::release::lock().lock().await;
+        let r = super::cleanup::run(self, id, &job).await?;
+        if r.failed.is_empty() {
+            super::release::clear_after_cleanup(self, id);
+        }
+        Ok(r)
     }
 
     /// The last `lines` lines of the job's log.
