@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use osm_api::JobState;
+use osm_integration_tests::agent::{Agent, Options};
 use osm_integration_tests::faultproxy::FaultProxy;
 use osm_integration_tests::migration::*;
 use osm_integration_tests::tcpproxy::TcpProxy;
@@ -44,7 +45,19 @@ fn a_snapshot_and_attachments_left_while_vcenter_and_the_cloud_are_down_are_rele
             &format!("[destination]\nclouds_yaml = \"{}\"\n", clouds.display()),
         );
     std::fs::write(&p, text).unwrap();
-    let mut agent = bed_agent(tmp.path(), "release_retry_max_seconds = 5\n");
+    // bed_agent's settings, with OpenStack calls giving up after 10 s of an outage.
+    let cfg = format!(
+        "byid_dir = \"{}\"\n[openstack]\nmetadata_url = \"{}\"\ncall_deadline_seconds = 10\n[migration]\ntransport = \"https\"\nshutdown_timeout_seconds = 20\nrelease_retry_max_seconds = 5\n",
+        env("OSM_BYID_DIR"),
+        env("OSM_METADATA_URL"),
+    );
+    let mut agent = Agent::start(
+        tmp.path(),
+        Options {
+            extra_config: cfg,
+            ..Default::default()
+        },
+    );
     let c = cloud();
     let host = env("OSM_CONVERSION_HOST_ID");
     let set_down = |down: bool| {
