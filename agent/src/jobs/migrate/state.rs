@@ -291,6 +291,26 @@ mod tests {
     }
 
     #[test]
+    fn pending_releases_survive_a_save_and_older_states_have_none() {
+        let old: State = serde_json::from_str(r#"{"phase":"warm","rounds":2}"#).unwrap();
+        assert!(old.pending_release.is_empty());
+        let s = State {
+            pending_release: vec![
+                Release::Snapshots { moref: "vm-7".into() },
+                Release::Detach { volume_id: "v1".into() },
+            ],
+            ..Default::default()
+        };
+        let back: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.pending_release, s.pending_release);
+        let r: State = serde_json::from_str(&resume_from(&serde_json::to_string(&s).unwrap()).unwrap()).unwrap();
+        assert!(
+            r.pending_release.is_empty(),
+            "a continuation owns the VM's snapshots and volumes"
+        );
+    }
+
+    #[test]
     fn resumed_state_forgets_devices_and_redoes_checks() {
         let s = State {
             phase: Phase::Warm,
