@@ -75,4 +75,7 @@ pub struct MigrationInfo {
     /// The Nova server once created.
     pub server_id: String,
     pub steps: Vec<StepTiming>,
+    /// What a failed or cancelled job has not given back yet (osm snapshots on the
+    /// source, volumes attached to the conversion host): retried until done.
+    pub pending_release: Vec<String>,
 }

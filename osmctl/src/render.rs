@@ -133,6 +133,12 @@ pub fn migration_detail(j: &JobInfo, m: &MigrationInfo) -> String {
     if !m.server_id.is_empty() {
         out += &format!("  server:      {}\n", m.server_id);
     }
+    if !m.pending_release.is_empty() {
+        out += &format!(
+            "  to release:  {} (retried by the agent until done)\n",
+            m.pending_release.join(", ")
+        );
+    }
     if !m.steps.is_empty() {
         let steps: Vec<String> = m
             .steps

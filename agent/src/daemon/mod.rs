@@ -60,6 +60,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = Store::open(&settings.state_dir)?;
     let engine = Engine::new(settings.clone(), store);
     let resumed = engine.recover()?;
+    crate::jobs::migrate::spawn_release_retrier(engine.clone());
     // D-Bus first: once the socket accepts, everything is up.
     let _bus = match &settings.dbus {
         Bus::None => None,

@@ -275,6 +275,7 @@ mod tests {
                 volumes: vec![],
                 server_id: String::new(),
                 steps: vec![],
+                pending_release: vec![],
             }),
         }
     }

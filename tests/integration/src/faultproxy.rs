@@ -7,7 +7,7 @@
 //! Everything else is forwarded verbatim; URLs of the proxied services inside replies
 //! (Keystone's catalog) are rewritten to the proxies so every call goes through one.
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub struct FaultProxy {
     /// upstream base (http://127.0.0.1:PORT) → proxy base.
     pub map: Vec<(String, String)>,
     pub stats: Arc<Mutex<Stats>>,
+    /// While set, every call is reset before it is forwarded (the cloud is unreachable).
+    pub down: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -50,6 +52,7 @@ struct Shared {
     rng: AtomicU64,
     kind: AtomicU64,
     stats: Arc<Mutex<Stats>>,
+    down: Arc<AtomicBool>,
     http: reqwest::Client,
 }
 
@@ -65,12 +68,14 @@ impl FaultProxy {
             listeners.push((l, format!("http://127.0.0.1:{p}")));
         }
         let stats = Arc::new(Mutex::new(Stats::default()));
+        let down = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             map: map.clone(),
             rate_percent,
             rng: AtomicU64::new(seed | 1),
             kind: AtomicU64::new(0),
             stats: stats.clone(),
+            down: down.clone(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -90,7 +95,12 @@ impl FaultProxy {
                 }
             }));
         }
-        FaultProxy { map, stats, tasks }
+        FaultProxy {
+            map,
+            stats,
+            down,
+            tasks,
+        }
     }
 
     /// The proxy URL standing for an upstream base URL.
@@ -176,6 +186,10 @@ async fn serve(mut sock: TcpStream, upstream: &str, sh: &Shared) -> std::io::Res
         body.extend_from_slice(&chunk[..n]);
     }
 
+    if sh.down.load(Ordering::SeqCst) {
+        reset(sock).await;
+        return Ok(());
+    }
     let fault = sh.roll();
     {
         let mut st = sh.stats.lock().unwrap();

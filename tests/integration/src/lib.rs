@@ -5,6 +5,7 @@ pub mod bus;
 pub mod disk;
 pub mod faultproxy;
 pub mod migration;
+pub mod tcpproxy;
 
 use std::path::PathBuf;
 

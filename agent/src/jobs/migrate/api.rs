@@ -190,7 +190,11 @@ impl Engine {
                 "job {id} succeeded: its volumes, ports and flavor belong to the migrated server now"
             )));
         }
+        let _held = super::release::lock().lock().await;
         let report = super::cleanup::run(self, id, &job).await?;
+        if report.failed.is_empty() {
+            super::release::clear_after_cleanup(self, id);
+        }
         self.mark_cleaned_up(id)?;
         Ok(report)
     }

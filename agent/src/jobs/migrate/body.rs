@@ -154,6 +154,8 @@ async fn run(engine: &Engine, id: u64) -> Result<(), JobError> {
             }
         }
     };
+    // A release for an ended job of this VM (retrier, cleanup) finishes first.
+    drop(super::release::lock().lock().await);
     let state: State = engine
         .store()
         .checkpoint(id)?
@@ -173,11 +175,21 @@ async fn run(engine: &Engine, id: u64) -> Result<(), JobError> {
     if let Err(e) = &mut result {
         let shutdown = matches!(e, JobError::Stopped) && !engine.is_cancel_requested(id);
         if !shutdown {
-            super::disks::release(&ctx).await;
-            if let Some(said) = super::source_power::restore_after_failure(&ctx).await {
-                if let JobError::Step { message, .. } = e {
+            let left = super::release::release(&ctx).await;
+            let mut said: Vec<String> = super::source_power::restore_after_failure(&ctx)
+                .await
+                .into_iter()
+                .collect();
+            if !left.is_empty() {
+                said.push(format!(
+                    "not yet released (retried until done; `osmctl status` shows it): {}",
+                    left.join(", ")
+                ));
+            }
+            if let JobError::Step { message, .. } = e {
+                for s in said {
                     message.push_str("; ");
-                    message.push_str(&said);
+                    message.push_str(&s);
                 }
             }
         }

@@ -194,51 +194,19 @@ pub async fn ensure_attached(ctx: &Ctx, p: Phase) -> Result<(), JobError> {
     Ok(())
 }
 
+/// Detach every volume from this host: each one is tried, a failure does not stop the
+/// rest; the error names every volume that failed.
 pub async fn detach_all(ctx: &Ctx) -> Result<(), JobError> {
-    let st = ctx.snapshot_state();
-    for d in &st.disks {
-        let v = ctx
-            .os
-            .get_volume(&d.volume_id)
-            .await
-            .map_err(|e| fail(Phase::Detach, e))?;
-        if v.attachments
-            .iter()
-            .any(|a| a.server_id.as_deref() == Some(st.host_server_id.as_str()))
-        {
-            blockdev::detach(ctx.os.as_ref(), &ctx.block, &st.host_server_id, &d.volume_id)
-                .await
-                .map_err(|e| fail(Phase::Detach, e))?;
-            tracing::info!("volume {} detached", d.volume_id);
-        }
-        let key = d.key;
-        ctx.update(|s| {
-            if let Some(x) = s.disks.iter_mut().find(|x| x.key == key) {
-                x.device = None;
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// After a failure or cancel: no snapshot left on the source, no volume left attached
-/// here (both best effort, each problem logged).
-pub async fn release(ctx: &Ctx) {
-    let moref = ctx.moref();
-    if !moref.is_empty() {
-        match vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
-            c.remove_osm_snapshots(&vm_ref(&moref)).await
-        })
-        .await
-        {
-            Ok(v) if !v.is_empty() => tracing::info!("removed snapshot(s) {}", v.join(", ")),
-            Ok(_) => {}
-            Err(e) => tracing::error!("could not remove osm snapshots of {moref}: {e}; `osmctl cleanup` retries"),
+    let mut failed = Vec::new();
+    for d in ctx.snapshot_state().disks {
+        if let Err(e) = super::release::detach_one(ctx, &d.volume_id).await {
+            failed.push(format!("volume {}: {e}", d.volume_id));
         }
     }
-    if let Err(e) = detach_all(ctx).await {
-        tracing::error!("could not detach every volume: {e}; `osmctl cleanup` retries");
+    if failed.is_empty() {
+        return Ok(());
     }
+    Err(fail(Phase::Detach, failed.join("; ")))
 }
 
 /// One copy round over all disks: `FullSync` (whole disks), `Warm` (deltas), `Cutover`

@@ -9,6 +9,7 @@ mod cleanup;
 mod convert;
 mod disks;
 mod preflight;
+mod release;
 pub mod settings;
 mod source;
 mod source_power;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::Plan;
 
 pub use body::execute;
+pub use release::spawn_retrier as spawn_release_retrier;
 
 /// What a migration job was asked to do (the stored request).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ pub struct MigrationFragment {
     readers_per_host: Option<usize>,
     sync_interval_seconds: Option<u64>,
     shutdown_timeout_seconds: Option<u64>,
+    release_retry_max_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct MigrationSettings {
     pub sync_interval: Duration,
     /// How long the guest may take to shut down before it is powered off.
     pub shutdown_timeout: Duration,
+    /// The longest wait between two tries at what a failed job must give back.
+    pub release_retry_max: Duration,
 }
 
 /// One migration per 2 GiB of RAM and per vCPU, whichever is fewer (at least one).
@@ -57,6 +60,7 @@ impl Default for MigrationSettings {
             readers_per_host: 8,
             sync_interval: Duration::from_secs(1800),
             shutdown_timeout: Duration::from_secs(300),
+            release_retry_max: Duration::from_secs(300),
         }
     }
 }
@@ -80,6 +84,9 @@ impl MigrationSettings {
         }
         if let Some(s) = f.shutdown_timeout_seconds {
             self.shutdown_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = f.release_retry_max_seconds {
+            self.release_retry_max = Duration::from_secs(s.max(1));
         }
     }
 }

@@ -77,6 +77,26 @@ pub struct DiskState {
     pub round: Option<Round>,
 }
 
+/// Something a failed or cancelled job must give back, recorded before the first try
+/// and kept until it is done (the daemon retries it, `osmctl cleanup` too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Release {
+    /// The osm snapshots on the source VM.
+    Snapshots { moref: String },
+    /// The volume's attachment to this conversion host.
+    Detach { volume_id: String },
+}
+
+impl Release {
+    pub fn describe(&self) -> String {
+        match self {
+            Release::Snapshots { moref } => format!("osm snapshots of {moref}"),
+            Release::Detach { volume_id } => format!("volume {volume_id} attached to this host"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Conversion {
     /// Index (in disk order) of the disk holding the guest's root, from inspection.
@@ -135,6 +155,8 @@ pub struct State {
     /// The downtime's ends: the guest's shutdown began; the migrated server was ACTIVE.
     pub down_since_unix: u64,
     pub up_again_unix: u64,
+    /// What this (failed or cancelled) job has not given back yet.
+    pub pending_release: Vec<Release>,
 }
 
 impl State {
@@ -165,6 +187,7 @@ impl State {
             volumes: self.disks.iter().map(|d| d.volume_id.clone()).collect(),
             server_id: self.server_id.clone(),
             steps: self.steps.clone(),
+            pending_release: self.pending_release.iter().map(Release::describe).collect(),
         }
     }
 
@@ -190,6 +213,8 @@ pub fn resume_from(checkpoint: &str) -> Option<String> {
     }
     s.cutover = None;
     s.rewinds = 0;
+    // The new job's checks remove osm snapshots and it owns the attachments now.
+    s.pending_release.clear();
     // Checks run again (the VM may have changed); copied data stays valid. From the
     // conversion on, the source's power is checked again before each step.
     if s.phase < Phase::Convert {
@@ -276,6 +301,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.root_disk, c.boot_disk), (1, None));
+    }
+
+    #[test]
+    fn pending_releases_survive_a_save_and_older_states_have_none() {
+        let old: State = serde_json::from_str(r#"{"phase":"warm","rounds":2}"#).unwrap();
+        assert!(old.pending_release.is_empty());
+        let s = State {
+            pending_release: vec![
+                Release::Snapshots { moref: "vm-7".into() },
+                Release::Detach { volume_id: "v1".into() },
+            ],
+            ..Default::default()
+        };
+        let back: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.pending_release, s.pending_release);
+        let r: State = serde_json::from_str(&resume_from(&serde_json::to_string(&s).unwrap()).unwrap()).unwrap();
+        assert!(
+            r.pending_release.is_empty(),
+            "a continuation owns the VM's snapshots and volumes"
+        );
     }
 
     #[test]
