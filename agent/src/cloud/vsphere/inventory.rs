@@ -419,7 +419,7 @@ pub fn resolve(inv: Inventory, name: &str, scope: &Scope, known: Option<&VmInfo>
             )))
             }
         };
-        if !inv.folders.iter().any(|p| *p == path) {
+        if !inv.folders.contains(&path) {
             return Err(Error::FolderNotFound(path));
         }
         let prefix = format!("{path}/");
