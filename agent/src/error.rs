@@ -47,7 +47,10 @@ fn vsphere_code(e: &crate::cloud::vsphere::Error) -> ErrorCode {
         V::Tls { .. } => ErrorCode::VsphereTls,
         V::InvalidLogin { .. } | V::NotAuthenticated(_) => ErrorCode::VsphereAuth,
         V::NoPermission { .. } => ErrorCode::PermissionDenied,
-        V::ManagedObjectNotFound { .. } | V::VmNotFound(_) | V::FolderNotFound(_) => ErrorCode::NotFound,
+        V::ManagedObjectNotFound { .. } | V::VmNotFound(_) | V::FolderNotFound(_) | V::VmGone { .. } => {
+            ErrorCode::NotFound
+        }
+        V::AmbiguousVm { .. } => ErrorCode::InvalidArgument,
         V::TaskInProgress { .. } | V::InvalidState(_) | V::FileLocked(_) => ErrorCode::InvalidState,
         V::TaskFailed { .. } | V::Fault(_) | V::Protocol { .. } => ErrorCode::VsphereFault,
     }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub struct VmInfo {
     /// Managed object id, e.g. `vm-42`.
     pub moref: String,
+    /// `config.instanceUuid`: unlike the moref, unique across vCenters (a job keeps it).
+    pub instance_uuid: String,
     pub name: String,
     /// `/DC0/vm/folder/name` (names as vCenter shows them; `/` inside a name is `%2f`).
     pub inventory_path: String,

@@ -74,8 +74,13 @@ pub struct Source {
     pub vcenter: String,
     pub user: String,
     pub password: Secret,
+    /// The datacenter the VMs are looked for in (all of vCenter's when absent).
     #[serde(default)]
     pub datacenter: Option<String>,
+    /// The VM folder they are looked for under: `/DC0/vm/prod`, or relative to the
+    /// datacenter's VM folder (`prod`).
+    #[serde(default)]
+    pub folder: Option<String>,
     #[serde(default)]
     pub esxi_host: Option<String>,
     /// SHA-1 or SHA-256 thumbprint of the vCenter certificate (pins it).

@@ -49,6 +49,7 @@ pub fn parse(text: &str) -> Result<(Plan, Vec<String>), String> {
         user: req_str(take("vcenter_username"), "vcenter_username")?,
         password,
         datacenter: opt_str(take("vcenter_datacenter"), "vcenter_datacenter")?,
+        folder: opt_str(take("vcenter_folder"), "vcenter_folder")?,
         esxi_host: opt_str(take("esxi_hostname"), "esxi_hostname")?,
         thumbprint: opt_str(take("vddk_thumbprint"), "vddk_thumbprint")?,
         ca_file: None,

@@ -80,6 +80,15 @@ impl Client {
         self.seen.sha1()
     }
 
+    /// What tells this vCenter from any other: its instance UUID, else (a standalone ESXi
+    /// host has none) its address.
+    pub fn vcenter_id(&self) -> String {
+        match self.sc.about.instance_uuid.trim() {
+            "" => self.ep.url.host_str().unwrap_or_default().to_string(),
+            u => u.to_string(),
+        }
+    }
+
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }

@@ -37,6 +37,10 @@ pub enum Error {
     VmNotFound(String),
     #[error("no folder '{0}' in vCenter's inventory (expected a path like /DC0/vm/folder)")]
     FolderNotFound(String),
+    #[error("{} VMs are named '{name}': {}; name one by its inventory path or moref, or set source.datacenter / source.folder in the plan", .paths.len(), .paths.join(", "))]
+    AmbiguousVm { name: String, paths: Vec<String> },
+    #[error("the VM this job migrates ({what}) is no longer in vCenter: it was deleted or unregistered. Nothing more is read from the source; `osmctl cleanup` removes what was made")]
+    VmGone { what: String },
     #[error("another task is running on {object}: {message}; wait for it to finish and retry")]
     TaskInProgress { object: String, message: String },
     #[error("the object is in a state that does not allow this: {0}")]

@@ -18,6 +18,7 @@ pub const VM_PATHS: &[&str] = &[
     "runtime.host",
     "runtime.powerState",
     "runtime.consolidationNeeded",
+    "config.instanceUuid",
     "config.guestId",
     "config.guestFullName",
     "config.firmware",
@@ -147,6 +148,7 @@ pub fn build(root: &MoRef, objs: &[ObjectContent]) -> Result<Inventory> {
         }
         vms.push(VmInfo {
             moref: o.obj.value.clone(),
+            instance_uuid: o.text("config.instanceUuid"),
             inventory_path: if parent_path.len() > 1 {
                 format!("{parent_path}/{name}")
             } else {
@@ -326,7 +328,8 @@ pub fn snapshot_summary(s: &SnapshotInfo) -> SnapshotSummary {
     out
 }
 
-/// The VMs the caller named (moref or exact name) under `folder`, in the order named.
+/// The VMs the caller named (moref, exact name or inventory path) under `folder`, in
+/// the order named. A name that several VMs carry is refused, listing their paths.
 pub fn select(inv: Inventory, names: &[String], folder: Option<&str>) -> Result<Vec<VmInfo>> {
     let mut vms = inv.vms;
     if let Some(f) = folder {
@@ -342,14 +345,174 @@ pub fn select(inv: Inventory, names: &[String], folder: Option<&str>) -> Result<
     }
     let mut out = Vec::new();
     for n in names {
-        let hit = vms
-            .iter()
-            .find(|v| v.moref == *n)
-            .or_else(|| vms.iter().find(|v| v.name == *n || v.inventory_path == *n))
-            .ok_or_else(|| Error::VmNotFound(n.clone()))?;
+        let hit = one_named(&vms, n)?;
         if !out.iter().any(|v: &VmInfo| v.moref == hit.moref) {
             out.push(hit.clone());
         }
     }
     Ok(out)
+}
+
+/// The one VM with this moref, else this exact name or inventory path.
+fn one_named<'a>(vms: &'a [VmInfo], n: &str) -> Result<&'a VmInfo> {
+    if let Some(v) = vms.iter().find(|v| v.moref == n) {
+        return Ok(v);
+    }
+    let hits: Vec<&VmInfo> = vms.iter().filter(|v| v.name == n || v.inventory_path == n).collect();
+    match hits.as_slice() {
+        [] => Err(Error::VmNotFound(n.to_string())),
+        [one] => Ok(one),
+        many => Err(Error::AmbiguousVm {
+            name: n.to_string(),
+            paths: many
+                .iter()
+                .map(|v| format!("{} ({})", v.inventory_path, v.moref))
+                .collect(),
+        }),
+    }
+}
+
+/// Where a migration looks for its VM: the plan's datacenter and folder (a path such
+/// as `/DC0/vm/prod`, or one relative to the datacenter's VM folder, `prod`).
+#[derive(Debug, Clone, Default)]
+pub struct Scope<'a> {
+    pub datacenter: Option<&'a str>,
+    pub folder: Option<&'a str>,
+}
+
+/// A migration's VM. Once recorded (`known`), it is found again by its instanceUuid
+/// (by its moref for a job recorded before osm kept the uuid), never by its name: a
+/// renamed VM, or a new one with its old name, does not change what the job reads.
+/// The first time, by name within `scope`; a name several VMs carry is refused.
+pub fn resolve(inv: Inventory, name: &str, scope: &Scope, known: Option<&VmInfo>) -> Result<VmInfo> {
+    if let Some(k) = known.filter(|k| !k.instance_uuid.is_empty() || !k.moref.is_empty()) {
+        let hit = if k.instance_uuid.is_empty() {
+            inv.vms.into_iter().find(|v| v.moref == k.moref)
+        } else {
+            inv.vms.into_iter().find(|v| v.instance_uuid == k.instance_uuid)
+        };
+        return hit.ok_or_else(|| Error::VmGone {
+            what: format!(
+                "{} ({}, instanceUuid {})",
+                k.inventory_path,
+                k.moref,
+                if k.instance_uuid.is_empty() {
+                    "unknown"
+                } else {
+                    &k.instance_uuid
+                }
+            ),
+        });
+    }
+    let mut vms = inv.vms;
+    if let Some(dc) = scope.datacenter.filter(|d| !d.is_empty()) {
+        vms.retain(|v| v.datacenter == dc);
+    }
+    if let Some(f) = scope.folder.filter(|f| !f.is_empty()) {
+        let f = f.trim_end_matches('/');
+        let path = match (f.starts_with('/'), scope.datacenter) {
+            (true, _) => f.to_string(),
+            (false, Some(dc)) => format!("/{dc}/vm/{f}"),
+            (false, None) => {
+                return Err(Error::Config(format!(
+                "source.folder '{f}' is relative: give the datacenter (source.datacenter) or a path like /DC0/vm/{f}"
+            )))
+            }
+        };
+        if !inv.folders.contains(&path) {
+            return Err(Error::FolderNotFound(path));
+        }
+        let prefix = format!("{path}/");
+        vms.retain(|v| v.inventory_path.starts_with(&prefix));
+    }
+    let vm = one_named(&vms, name).map_err(|e| match (e, scope.datacenter) {
+        (Error::VmNotFound(n), Some(dc)) => Error::VmNotFound(format!(
+            "{n}' in datacenter '{dc}{}",
+            scope.folder.map(|f| format!("', folder '{f}")).unwrap_or_default()
+        )),
+        (e, _) => e,
+    })?;
+    Ok(vm.clone())
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    fn vm(moref: &str, name: &str, path: &str, uuid: &str) -> VmInfo {
+        VmInfo {
+            moref: moref.into(),
+            name: name.into(),
+            inventory_path: path.into(),
+            datacenter: path.split('/').nth(1).unwrap_or_default().into(),
+            instance_uuid: uuid.into(),
+            ..Default::default()
+        }
+    }
+
+    fn inv() -> Inventory {
+        Inventory {
+            vms: vec![
+                vm("vm-1", "web", "/DC0/vm/a/web", "u1"),
+                vm("vm-2", "web", "/DC0/vm/b/web", "u2"),
+                vm("vm-1", "web", "/DC1/vm/web", "u3"),
+                vm("vm-9", "db", "/DC0/vm/db", "u9"),
+            ],
+            folders: vec![
+                "/DC0/vm".into(),
+                "/DC0/vm/a".into(),
+                "/DC0/vm/b".into(),
+                "/DC1/vm".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn an_ambiguous_name_is_refused_with_the_candidates_paths() {
+        let e = resolve(inv(), "web", &Scope::default(), None).unwrap_err().to_string();
+        assert!(e.contains("3 VMs are named 'web'"), "{e}");
+        assert!(
+            e.contains("/DC0/vm/a/web (vm-1)") && e.contains("/DC0/vm/b/web (vm-2)"),
+            "{e}"
+        );
+        let e = select(inv(), &["web".into()], None).unwrap_err().to_string();
+        assert!(e.contains("/DC1/vm/web"), "{e}");
+    }
+
+    #[test]
+    fn the_plans_datacenter_and_folder_are_honoured() {
+        let dc1 = Scope {
+            datacenter: Some("DC1"),
+            folder: None,
+        };
+        assert_eq!(resolve(inv(), "web", &dc1, None).unwrap().instance_uuid, "u3");
+        let b = Scope {
+            datacenter: Some("DC0"),
+            folder: Some("b"),
+        };
+        assert_eq!(resolve(inv(), "web", &b, None).unwrap().instance_uuid, "u2");
+        let abs = Scope {
+            datacenter: None,
+            folder: Some("/DC0/vm/a"),
+        };
+        assert_eq!(resolve(inv(), "web", &abs, None).unwrap().instance_uuid, "u1");
+        assert!(resolve(inv(), "db", &dc1, None).is_err());
+    }
+
+    #[test]
+    fn a_recorded_vm_is_found_by_its_uuid_not_its_name() {
+        let known = vm("vm-2", "web", "/DC0/vm/b/web", "u2");
+        let mut i = inv();
+        i.vms[1].name = "renamed".into();
+        assert_eq!(
+            resolve(i, "web", &Scope::default(), Some(&known)).unwrap().name,
+            "renamed"
+        );
+        let mut i = inv();
+        i.vms.remove(1);
+        let e = resolve(i, "web", &Scope::default(), Some(&known))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no longer in vCenter") && e.contains("u2"), "{e}");
+    }
 }

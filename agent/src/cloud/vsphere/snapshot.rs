@@ -3,6 +3,7 @@
 //! a crash, changed areas paged to the end of the disk, CBT on, guest shutdown.
 use std::time::{Duration, Instant};
 
+use osm_api::vsphere::SnapshotEntry;
 use osm_api::Extent;
 
 use super::client::Client;
@@ -18,6 +19,21 @@ pub const SNAPSHOT_MARKER: &str = "[osm-managed]";
 
 pub fn is_osm_snapshot(name: &str, description: &str) -> bool {
     name.starts_with(SNAPSHOT_PREFIX) && description.contains(SNAPSHOT_MARKER)
+}
+
+/// The mark of the migration lineage that took a snapshot, in its description (an
+/// osm snapshot without one was taken before osm marked them).
+pub fn lineage_marker(lineage: &str) -> String {
+    format!("[osm-lineage {lineage}]")
+}
+
+/// The osm snapshots of `list` that `lineage` took, and those no lineage marks.
+pub fn of_lineage<'a>(list: &'a [SnapshotEntry], lineage: &str) -> (Vec<&'a SnapshotEntry>, Vec<&'a SnapshotEntry>) {
+    let mark = lineage_marker(lineage);
+    let osm = list.iter().filter(|s| s.osm);
+    let own = osm.clone().filter(|s| s.description.contains(&mark)).collect();
+    let unmarked = osm.filter(|s| !s.description.contains("[osm-lineage ")).collect();
+    (own, unmarked)
 }
 
 /// How long a snapshot task may take.
@@ -64,9 +80,23 @@ impl Client {
     /// One snapshot of all disks (memory off), named `osm-<label>` with the marker in its
     /// description; the changeIds are read from the snapshot's own configuration.
     pub async fn create_sync_snapshot(&self, vm: &MoRef, label: &str, quiesce: bool) -> Result<SyncSnapshot> {
+        self.create_lineage_snapshot(vm, label, quiesce, "").await
+    }
+
+    /// [`Self::create_sync_snapshot`], marked as `lineage`'s (see [`lineage_marker`]).
+    pub async fn create_lineage_snapshot(
+        &self,
+        vm: &MoRef,
+        label: &str,
+        quiesce: bool,
+        lineage: &str,
+    ) -> Result<SyncSnapshot> {
         let name = format!("{SNAPSHOT_PREFIX}{label}");
-        let description =
+        let mut description =
             format!("{SNAPSHOT_MARKER} taken by osm-agent for a migration sync; osm removes it when the sync ends");
+        if !lineage.is_empty() {
+            description = format!("{description} {}", lineage_marker(lineage));
+        }
         let snapshot = self.create_snapshot(vm, &name, &description, quiesce).await?;
         let oc = self.properties(&snapshot, &["config.hardware.device"]).await?;
         let devices: ArrayOfDevice = oc.get("config.hardware.device")?.unwrap_or_default();
@@ -128,6 +158,24 @@ impl Client {
             removed.push(s.name);
         }
         Ok(removed)
+    }
+
+    /// Remove the VM's osm snapshots that `lineage` took (another agent's or job's are
+    /// left alone); their names, and the names of unmarked osm snapshots (left as well:
+    /// an older osm-agent took them, and it may still be syncing).
+    pub async fn remove_lineage_snapshots(&self, vm: &MoRef, lineage: &str) -> Result<(Vec<String>, Vec<String>)> {
+        let oc = self.properties(vm, &["snapshot"]).await?;
+        let info: SnapshotInfo = oc.get("snapshot")?.unwrap_or_default();
+        let list = snapshot_summary(&info).list;
+        let (own, unmarked) = of_lineage(&list, lineage);
+        let mut removed = Vec::new();
+        for s in own {
+            self.remove_snapshot(&MoRef::new("VirtualMachineSnapshot", &s.moref))
+                .await?;
+            tracing::info!(vm = %vm.value, "removed osm snapshot '{}' of this migration", s.name);
+            removed.push(s.name.clone());
+        }
+        Ok((removed, unmarked.into_iter().map(|s| s.name.clone()).collect()))
     }
 
     /// Areas of disk `key` changed between `change_id` and `snapshot`: QueryChangedDiskAreas
@@ -358,6 +406,33 @@ mod tests {
             vec![e(0, 15), e(100, 25), e(200, 1)]
         );
         assert!(merge(vec![]).is_empty());
+    }
+
+    #[test]
+    fn only_the_lineages_own_snapshots_are_its_own() {
+        let e = |n: &str, d: &str| SnapshotEntry {
+            moref: n.into(),
+            name: n.into(),
+            description: d.into(),
+            osm: is_osm_snapshot(n, d),
+        };
+        let mine = lineage_marker("host-a/7");
+        let list = vec![
+            e("osm-sync-j7-1", &format!("[osm-managed] x {mine}")),
+            e("osm-sync-j7-2", "[osm-managed] x [osm-lineage host-b/7]"),
+            e("osm-sync-j7-3", "[osm-managed] x [osm-lineage host-a/70]"),
+            e("osm-old", "[osm-managed] x"),
+            e("backup", &mine),
+        ];
+        let (own, unmarked) = of_lineage(&list, "host-a/7");
+        assert_eq!(
+            own.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["osm-sync-j7-1"]
+        );
+        assert_eq!(
+            unmarked.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["osm-old"]
+        );
     }
 
     #[test]

@@ -236,6 +236,9 @@ pub struct About {
     pub full_name: String,
     #[serde(rename = "apiVersion")]
     pub api_version: String,
+    /// vCenter's own id (empty on a standalone ESXi host).
+    #[serde(rename = "instanceUuid")]
+    pub instance_uuid: String,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

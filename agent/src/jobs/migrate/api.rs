@@ -36,12 +36,9 @@ impl Engine {
         };
         let existing = self.list();
         for vm in &vms {
-            if let Some(j) = existing
-                .iter()
-                .find(|j| !j.state.is_terminal() && j.migration.as_ref().is_some_and(|m| &m.vm == vm))
-            {
+            if let Some((j, what)) = self.migrating(&existing, &plan, vm) {
                 return Err(Error::InvalidState(format!(
-                    "VM '{vm}' is already being migrated by job {} ({}); `osmctl watch {}` follows it",
+                    "VM '{vm}'{what} is already being migrated by job {} ({}); nothing was started. `osmctl watch {}` follows it",
                     j.id, j.step, j.id
                 )));
             }
@@ -88,6 +85,41 @@ impl Engine {
             jobs,
             warnings: loaded.warnings,
         })
+    }
+
+    /// The unfinished job that migrates `vm` of the plan's vCenter: named so in its plan,
+    /// or the VM it resolved has this moref, name, inventory path or instanceUuid (then
+    /// said). A job not yet resolved is compared once it is: the checks let one job at a
+    /// time hold a VM (see `identity::claim`).
+    fn migrating<'a>(
+        &self,
+        existing: &'a [JobInfo],
+        plan: &crate::plan::Plan,
+        vm: &str,
+    ) -> Option<(&'a JobInfo, String)> {
+        let host = |v: &str| {
+            v.trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_ascii_lowercase()
+        };
+        existing
+            .iter()
+            .filter(|j| !j.state.is_terminal() && j.migration.is_some())
+            .find_map(|j| {
+                let (job, _) = self.migration_job(j.id).ok()?;
+                if host(&job.plan.source.vcenter) != host(&plan.source.vcenter) {
+                    return None;
+                }
+                if job.vm == vm {
+                    return Some((j, String::new()));
+                }
+                let state: super::state::State = serde_json::from_str(&self.store().checkpoint(j.id).ok()??).ok()?;
+                let v = state.vm?;
+                [&v.moref, &v.name, &v.inventory_path, &v.instance_uuid]
+                    .iter()
+                    .any(|x| !x.is_empty() && x.as_str() == vm)
+                    .then(|| (j, format!(" ({}, {})", v.inventory_path, v.moref)))
+            })
     }
 
     /// The job a new migration of `job.vm` continues, and the state it inherits: the

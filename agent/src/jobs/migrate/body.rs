@@ -171,6 +171,8 @@ async fn run(engine: &Engine, id: u64) -> Result<(), JobError> {
         }
     }
     let ctx = prepare(engine, id, *job, state, stop, controls, counters, work_dir.clone()).await?;
+    // The VM stays held until the run ends (its snapshots removed below).
+    let _held = Held(id);
     let mut result = journey(&ctx).await;
     if let Err(e) = &mut result {
         let shutdown = matches!(e, JobError::Stopped) && !engine.is_cancel_requested(id);
@@ -196,6 +198,15 @@ async fn run(engine: &Engine, id: u64) -> Result<(), JobError> {
     }
     let _ = std::fs::remove_dir_all(&work_dir);
     result
+}
+
+/// Frees the job's VM for other jobs when the job's run ends (see `identity::claim`).
+struct Held(u64);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        super::identity::release(self.0);
+    }
 }
 
 async fn wait_stop(stop: &AtomicBool) {
@@ -396,30 +407,48 @@ async fn walk(ctx: &Ctx) -> Result<(), JobError> {
 }
 
 /// Discovery and checks (again on every start: the VM may have changed), quotas, and the
-/// removal of osm snapshots an interrupted run left.
+/// removal of the osm snapshots this lineage's interrupted run left. The VM is resolved
+/// once (by name, within the plan's datacenter and folder; an ambiguous name is refused)
+/// and found again by its instanceUuid at every later start; one job at a time holds it.
 async fn checks(ctx: &Ctx) -> Result<(), JobError> {
     let p = Phase::Checks;
     ctx.stopped()?;
     ctx.engine.set_step(ctx.id, p.as_str());
     let t = Instant::now();
-    let names = vec![ctx.job.vm.clone()];
     let warm = ctx.job.plan.mode == Mode::Warm;
     let phase_before = ctx.phase();
+    let known = ctx.snapshot_state().vm.clone();
     if phase_before <= Phase::Volumes && ctx.snapshot_state().disks.is_empty() {
-        destination_ready(ctx, &names).await?;
+        destination_ready(ctx, known.as_ref()).await?;
     }
-    let (vm, report, thumbprint) = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
-        let find = async || {
-            vsphere::inventory::select(vsphere::inventory::discover(c).await?, &names, None)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| vsphere::Error::VmNotFound(names[0].clone()))
-        };
+    // The host is part of the lineage that marks this job's snapshots.
+    let host = host_server_id(ctx).await.map_err(|e| fail(p, e))?;
+    let lineage = {
+        let mut s = ctx.snapshot_state();
+        s.host_server_id = host.clone();
+        super::identity::Identity::of(&s, ctx.id).lineage()
+    };
+    let found = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
+        let find = async || find_vm(ctx, c, known.as_ref()).await;
         let mut vm = find().await?;
+        let vcenter = c.vcenter_id();
+        if let Err(holder) = super::identity::claim(&vcenter, &vm.instance_uuid, &vm.moref, ctx.id) {
+            return Ok(Err(format!(
+                "VM '{}' ({}, instanceUuid {}) is already being migrated by job {holder}; nothing was touched. `osmctl watch {holder}` follows it",
+                vm.inventory_path, vm.moref, vm.instance_uuid
+            )));
+        }
         let r = vm_ref(&vm.moref);
-        let removed = c.remove_osm_snapshots(&r).await?;
+        let (removed, unmarked) = c.remove_lineage_snapshots(&r, &lineage).await?;
         if !removed.is_empty() {
             tracing::info!("removed {} osm snapshot(s) left by an interrupted run", removed.len());
+        }
+        if !unmarked.is_empty() {
+            tracing::warn!(
+                "VM '{}' has osm snapshot(s) an older osm-agent took ({}); left alone: remove them once no older agent migrates this VM",
+                vm.name,
+                unmarked.join(", ")
+            );
         }
         // A warm migration needs CBT: turn it on (a snapshot cycle makes it effective).
         let untracked = |vm: &osm_api::vsphere::VmInfo| {
@@ -433,16 +462,17 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
             if !vm.cbt_enabled {
                 c.set_change_tracking(&r, true).await?;
             }
-            let s = c.create_sync_snapshot(&r, "cbt-enable", false).await?;
+            let s = c.create_lineage_snapshot(&r, "cbt-enable", false, &lineage).await?;
             c.remove_snapshot(&s.snapshot).await?;
             tracing::info!("changed block tracking turned on for '{}' (warm migration)", vm.name);
-            vm = find().await?;
+            vm = find_vm(ctx, c, Some(&vm)).await?;
         }
         let report = vsphere::check::check_vm(c, &vm, Duration::from_secs(5)).await?;
-        Ok((vm, report, c.thumbprint_sha1().unwrap_or_default()))
+        Ok(Ok((vm, report, c.thumbprint_sha1().unwrap_or_default(), vcenter)))
     })
     .await
     .map_err(|e| fail(p, e))?;
+    let (vm, report, thumbprint, vcenter) = found.map_err(|e| fail(p, e))?;
     let before = ctx.phase();
     let blocking: Vec<String> = report
         .items
@@ -477,11 +507,12 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
             .map_err(|e| fail(p, e))?;
     }
 
-    let host = host_server_id(ctx).await.map_err(|e| fail(p, e))?;
     tracing::info!(
-        "VM '{}' ({}): {} disk(s), {} NIC(s), {} vCPU, {} MiB; conversion host {host}",
+        "VM '{}' ({}, {}, instanceUuid {}): {} disk(s), {} NIC(s), {} vCPU, {} MiB; conversion host {host}",
         vm.name,
+        vm.inventory_path,
         vm.moref,
+        vm.instance_uuid,
         vm.disks.len(),
         vm.nics.len(),
         vm.cpus,
@@ -490,6 +521,7 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
     let secs = t.elapsed().as_secs_f64();
     ctx.update(|s| {
         s.vm = Some(vm);
+        s.vcenter_id = vcenter;
         s.host_server_id = host;
         s.thumbprint = thumbprint;
         s.add_timing("checks", secs);
@@ -500,18 +532,28 @@ async fn checks(ctx: &Ctx) -> Result<(), JobError> {
     Ok(())
 }
 
+/// The job's VM: the one recorded (by its instanceUuid), else the plan's name within
+/// its datacenter and folder.
+async fn find_vm(
+    ctx: &Ctx,
+    c: &vsphere::Client,
+    known: Option<&osm_api::vsphere::VmInfo>,
+) -> Result<osm_api::vsphere::VmInfo, vsphere::Error> {
+    let src = &ctx.job.plan.source;
+    let scope = vsphere::inventory::Scope {
+        datacenter: src.datacenter.as_deref(),
+        folder: src.folder.as_deref(),
+    };
+    vsphere::inventory::resolve(vsphere::inventory::discover(c).await?, &ctx.job.vm, &scope, known)
+}
+
 /// Before the first volume and before the source is touched (CBT, snapshots): everything
 /// the destination must offer.
-async fn destination_ready(ctx: &Ctx, names: &[String]) -> Result<(), JobError> {
+async fn destination_ready(ctx: &Ctx, known: Option<&osm_api::vsphere::VmInfo>) -> Result<(), JobError> {
     let p = Phase::Checks;
-    let vm = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
-        vsphere::inventory::select(vsphere::inventory::discover(c).await?, names, None)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| vsphere::Error::VmNotFound(names[0].clone()))
-    })
-    .await
-    .map_err(|e| fail(p, e))?;
+    let vm = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| find_vm(ctx, c, known).await)
+        .await
+        .map_err(|e| fail(p, e))?;
     super::boot::check_network_map(ctx, &vm).map_err(|e| fail(p, e))?;
     let problems = super::preflight::destination_problems(ctx, &vm)
         .await

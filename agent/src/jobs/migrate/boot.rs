@@ -3,7 +3,7 @@
 use osm_api::vsphere::{NicInfo, VmInfo};
 
 use super::body::{fail, Ctx};
-use super::disks::tags;
+use super::identity::Identity;
 use super::state::Phase;
 use crate::cloud::openstack::{BootVolume, FixedIp, Flavor, FlavorSpec, ImageProperties, PortSpec, ServerSpec};
 use crate::jobs::copy_job::JobError;
@@ -110,7 +110,7 @@ pub async fn network_and_flavor(ctx: &Ctx) -> Result<(), JobError> {
             mac_address: plan.network.create_ports.then(|| nic.mac.clone()),
             fixed_ips,
             security_group_ids: groups.clone(),
-            tags: vec!["osm".into(), format!("osm-vm-{}", vm.moref)],
+            tags: Identity::of(&st, ctx.id).port_tags(),
             description: Some(format!("{} of VMware VM {}, created by osm", nic.label, vm.name)),
         };
         let port = ctx.os.ensure_port(&spec).await.map_err(|e| fail(p, e))?;
@@ -271,7 +271,8 @@ pub async fn boot(ctx: &Ctx) -> Result<(), JobError> {
             boot_index: Some(next),
         });
     }
-    let mut metadata = tags(&vm.moref);
+    let identity = Identity::of(&st, ctx.id);
+    let mut metadata = identity.tags();
     metadata.insert("osm_source_vm".into(), vm.name.chars().take(255).collect());
     let spec = ServerSpec {
         name: vm.name.clone(),
@@ -284,7 +285,7 @@ pub async fn boot(ctx: &Ctx) -> Result<(), JobError> {
         key_name: ctx.job.plan.ssh_key_name.clone(),
         user_data: None,
         metadata,
-        idempotency_key: Some(format!("osm-{}-{}-server", vm.moref, st.origin_job)),
+        idempotency_key: Some(identity.server_key()),
     };
     let timeout = ctx.engine.settings().openstack.server_timeout;
     let record = |id: &str| ctx.update(|s| s.server_id = id.to_string()).map_err(|e| e.to_string());

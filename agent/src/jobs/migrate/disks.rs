@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::body::{fail, Ctx};
+use super::identity::Identity;
 use super::state::{now_unix, DiskState, Phase, Round};
 use crate::blockdev;
 use crate::cloud::openstack::{Metadata, VolumeSpec};
@@ -15,18 +16,6 @@ use crate::exec::nbdkit::{Nbdkit, NbdkitSpec};
 use crate::jobs::copy_job::JobError;
 use crate::nbd::copy::{self, Checkpoint, CopySpec, Counters};
 use crate::nbd::Endpoint;
-
-/// Metadata keys of everything osm creates (cleanup finds objects by them).
-pub const TAG_MANAGED: &str = "osm_managed";
-pub const TAG_VM: &str = "osm_vm";
-
-pub fn tags(moref: &str) -> Metadata {
-    [
-        (TAG_MANAGED.to_string(), "true".to_string()),
-        (TAG_VM.to_string(), moref.to_string()),
-    ]
-    .into()
-}
 
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
@@ -43,6 +32,11 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
     let plan = &ctx.job.plan;
     let origin = if st.origin_job == 0 { ctx.id } else { st.origin_job };
     ctx.update(|s| s.origin_job = origin)?;
+    // Keys and tags name this vCenter, VM, host and lineage: another agent's volume of a
+    // VM with the same moref and job id is never adopted. (A volume an older osm made
+    // and did not record before a crash is not found again: cleanup of that job lists
+    // what it recorded only.)
+    let identity = Identity::of(&ctx.snapshot_state(), ctx.id);
     for (i, d) in vm.disks.iter().enumerate() {
         ctx.stopped()?;
         let known = st.disks.iter().find(|x| x.key == d.key).cloned();
@@ -58,7 +52,7 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
                 Err(e) => return Err(fail(p, format!("volume {} of disk {}: {e}", k.volume_id, d.label))),
             }
         }
-        let mut metadata = tags(&vm.moref);
+        let mut metadata = identity.tags();
         metadata.insert("osm_vm_name".into(), truncate(&vm.name, 255));
         metadata.insert("osm_disk_key".into(), d.key.to_string());
         metadata.insert("osm_disk_index".into(), i.to_string());
@@ -76,7 +70,7 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
                 255,
             )),
             metadata,
-            idempotency_key: Some(format!("osm-{}-{origin}-{}", vm.moref, d.key)),
+            idempotency_key: Some(identity.volume_key(d.key)),
         };
         // A volume an earlier try of this step made (found by its key) may hold data: only
         // one created now, on a backend whose new volumes read as zeros, is fresh.
@@ -216,13 +210,14 @@ pub async fn sync_round(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
     let moref = ctx.moref();
     let vm = vm_ref(&moref);
     let label = format!("sync-j{}-{}", ctx.id, now_unix());
+    let lineage = Identity::of(&ctx.snapshot_state(), ctx.id).lineage();
     let t0 = Instant::now();
     let https = ctx.source.transport == crate::plan::Transport::Https && ctx.source.local_disk_path.is_none();
     let snap = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
         if https {
             refuse_foreign_snapshots(c, &vm).await?;
         }
-        let snap = c.create_sync_snapshot(&vm, &label, false).await?;
+        let snap = c.create_lineage_snapshot(&vm, &label, false, &lineage).await?;
         let st = ctx.snapshot_state();
         let found = check_disk_set(&st.disks, &snap, https);
         let found = match found {

@@ -8,6 +8,7 @@ mod boot;
 mod cleanup;
 mod convert;
 mod disks;
+mod identity;
 mod preflight;
 mod release;
 pub mod settings;

@@ -75,8 +75,10 @@ pub async fn try_pending(ctx: &Ctx) -> Vec<String> {
 }
 
 async fn remove_snapshots(ctx: &Ctx, moref: &str) -> Result<(), String> {
+    // Only this lineage's snapshots: another job's (another agent's) sync snapshot stays.
+    let lineage = super::identity::Identity::of(&ctx.snapshot_state(), ctx.id).lineage();
     let removed = vsphere::with_client(&ctx.vc, async |c: &vsphere::Client| {
-        c.remove_osm_snapshots(&vm_ref(moref)).await
+        c.remove_lineage_snapshots(&vm_ref(moref), &lineage).await.map(|r| r.0)
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -119,7 +119,11 @@ pub struct State {
     pub phase: Phase,
     /// The job that created the volumes (their idempotency keys carry it).
     pub origin_job: u64,
+    /// The VM, resolved once (by name at the first checks); found again by its
+    /// instanceUuid at every later start.
     pub vm: Option<VmInfo>,
+    /// The vCenter's instance UUID (see `identity`).
+    pub vcenter_id: String,
     /// This conversion host's Nova server id.
     pub host_server_id: String,
     /// SHA-1 thumbprint vCenter presented at the checks (for VDDK).
