@@ -29,6 +29,18 @@ pub fn repo_root() -> PathBuf {
         .expect("repo root")
 }
 
+/// Record that `test` runs a full virt-v2v conversion (7–9 min under TCG; CI allows two):
+/// one line in `$OSM_TESTBED_STATE/full-conversions`, which tests/run counts and prints.
+pub fn count_full_conversion(test: &str) {
+    use std::io::Write;
+    let state = std::env::var("OSM_TESTBED_STATE").unwrap_or_else(|_| "/var/tmp/osm-testbed".into());
+    let path = PathBuf::from(state).join("full-conversions");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        let _ = writeln!(f, "{test}");
+    }
+    eprintln!("full conversion: {test}");
+}
+
 /// Poll `f` every 20 ms until it returns Some, or panic with `what` after `secs`.
 pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -113,6 +113,7 @@ fn converts_a_guest_whose_root_is_on_its_second_disk_and_it_boots() {
     );
 
     let mut steps: Vec<(Duration, String)> = Vec::new();
+    osm_integration_tests::count_full_conversion("convert: root on the second disk");
     let t0 = Instant::now();
     let result = virt_v2v::run(&program(), &spec, &AtomicBool::new(false), &mut |s| {
         eprintln!("[{:>6.1}s] {s}", t0.elapsed().as_secs_f64());

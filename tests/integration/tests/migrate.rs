@@ -24,6 +24,7 @@ fn cold_migration_of_the_two_disk_guest_converts_boots_and_keeps_its_data() {
         &["osm-linux-2disk"],
         "mode = \"cold\"\nsecurity_groups = [\"osm-sg\"]",
     );
+    osm_integration_tests::count_full_conversion("migrate: cold two-disk guest");
     let job = migrate(&agent, &plan);
     let done = agent.wait_job(job.id, 1800);
     let c = cloud();
