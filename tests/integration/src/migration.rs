@@ -321,3 +321,22 @@ pub async fn power_state(ep: &Endpoint, moref: &str) -> String {
         .await
         .unwrap()
 }
+
+/// After a test body run under `catch_unwind` that returns the server it made (or
+/// panicked): remove what the migration made, power the source on again, then re-raise.
+pub fn undo_then_raise(
+    rt: &tokio::runtime::Runtime,
+    c: &Client,
+    ep: &Endpoint,
+    moref: &str,
+    result: std::thread::Result<String>,
+) {
+    rt.block_on(async {
+        let server = result.as_ref().map(String::as_str).unwrap_or("");
+        remove_migrated(c, moref, server).await;
+        restore_source(ep, moref).await;
+    });
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -15,6 +15,9 @@ use osm_api::JobState;
 use osm_integration_tests::migration::*;
 use osm_integration_tests::wait_for;
 
+/// The name of the snapshot a backup tool takes mid-warm.
+const BACKUP: &str = "nightly-backup";
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -87,14 +90,7 @@ fn a_cancelled_cold_job_powers_the_source_on_and_its_continuation_shuts_it_down_
         .unwrap();
         m.server_id
     }));
-    rt.block_on(async {
-        let server = result.as_ref().map(String::as_str).unwrap_or("");
-        remove_migrated(&c, &src.moref, server).await;
-        restore_source(&ep, &src.moref).await;
-    });
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    undo_then_raise(&rt, &c, &ep, &src.moref, result);
     eprintln!("  test time {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -105,6 +101,7 @@ fn mid_warm_a_detached_volume_is_attached_again_and_a_foreign_snapshot_stops_the
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ep = vc_endpoint(tmp.path());
     let name = "osm-cbt-1";
+    rt.block_on(remove_backup_snapshots(&ep, name)); // a crashed run's
     let agent = bed_agent(tmp.path(), "sync_interval_seconds = 3600\n");
     let out = agent.osmctl(&["check", "--enable-cbt", name]);
     assert!(out.status.success() || out.status.code() == Some(1), "{}", stderr(&out));
@@ -175,7 +172,7 @@ fn mid_warm_a_detached_volume_is_attached_again_and_a_foreign_snapshot_stops_the
 
         // Case 2: backup software snapshots the VM; the next https round must stop, naming it.
         let snap = rt.block_on(vsphere::with_client(&ep, async |vc: &vsphere::Client| {
-            vc.create_snapshot(&vm_ref(&src.moref), "nightly-backup", "taken by a backup tool", false)
+            vc.create_snapshot(&vm_ref(&src.moref), BACKUP, "taken by a backup tool", false)
                 .await
         }));
         foreign = Some(snap.unwrap());
@@ -195,16 +192,20 @@ fn mid_warm_a_detached_volume_is_attached_again_and_a_foreign_snapshot_stops_the
         );
         j.migration.map(|m| m.server_id).unwrap_or_default()
     }));
-    rt.block_on(async {
-        if let Some(s) = &foreign {
-            let _ = vsphere::with_client(&ep, async |vc: &vsphere::Client| vc.remove_snapshot(s).await).await;
-        }
-        let server = result.as_ref().map(String::as_str).unwrap_or("");
-        remove_migrated(&c, &src.moref, server).await;
-        restore_source(&ep, &src.moref).await;
-    });
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
+    if foreign.is_some() {
+        rt.block_on(remove_backup_snapshots(&ep, name));
     }
+    undo_then_raise(&rt, &c, &ep, &src.moref, result);
     eprintln!("  test time {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The VM's snapshots this test names as a backup tool would.
+async fn remove_backup_snapshots(ep: &vsphere::Endpoint, name: &str) {
+    let all = vm(ep, name).await.snapshots.list;
+    for s in all.into_iter().filter(|s| s.name == BACKUP) {
+        let r = vsphere::types::MoRef::new("VirtualMachineSnapshot", &s.moref);
+        vsphere::with_client(ep, async |vc: &vsphere::Client| vc.remove_snapshot(&r).await)
+            .await
+            .unwrap_or_else(|e| panic!("removing snapshot {}: {e}", s.name));
+    }
 }
