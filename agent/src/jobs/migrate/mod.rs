@@ -5,6 +5,7 @@
 mod api;
 mod body;
 mod boot;
+mod checks;
 mod cleanup;
 mod convert;
 mod disks;
