@@ -92,14 +92,7 @@ impl Client {
         };
         match &spec.idempotency_key {
             Some(k) => {
-                let filter: Metadata = [(IDEMPOTENCY_KEY.to_string(), k.clone())].into();
-                let find = || async {
-                    Ok(self
-                        .find_volumes(&filter)
-                        .await?
-                        .into_iter()
-                        .find(|v| !v.status.starts_with("error") && v.status != "deleting"))
-                };
+                let find = || self.volume_by_key(k);
                 self.find_or_create(&format!("volume {}", spec.name), find, create)
                     .await
             }
@@ -108,6 +101,17 @@ impl Client {
                     .await
             }
         }
+    }
+
+    /// The usable volume created with this idempotency key, if any (one in error or being
+    /// deleted does not count).
+    pub async fn volume_by_key(&self, key: &str) -> Result<Option<Volume>, Error> {
+        let filter: Metadata = [(IDEMPOTENCY_KEY.to_string(), key.to_string())].into();
+        Ok(self
+            .find_volumes(&filter)
+            .await?
+            .into_iter()
+            .find(|v| !v.status.starts_with("error") && v.status != "deleting"))
     }
 
     pub async fn get_volume(&self, id: &str) -> Result<Volume, Error> {

@@ -56,6 +56,7 @@ pub trait OpenStack: Send + Sync {
     async fn set_volume_image_metadata(&self, id: &str, props: &ImageProperties) -> Result<(), Error>;
     async fn merge_volume_metadata(&self, id: &str, md: &Metadata) -> Result<Metadata, Error>;
     async fn find_volumes(&self, filter: &Metadata) -> Result<Vec<Volume>, Error>;
+    async fn volume_by_key(&self, key: &str) -> Result<Option<Volume>, Error>;
     async fn delete_volume(&self, id: &str) -> Result<(), Error>;
     async fn delete_volume_wait(&self, id: &str, timeout: Duration) -> Result<(), Error>;
 
@@ -118,6 +119,9 @@ impl OpenStack for Client {
     }
     async fn merge_volume_metadata(&self, id: &str, md: &Metadata) -> Result<Metadata, Error> {
         Client::merge_volume_metadata(self, id, md).await
+    }
+    async fn volume_by_key(&self, key: &str) -> Result<Option<Volume>, Error> {
+        Client::volume_by_key(self, key).await
     }
     async fn find_volumes(&self, filter: &Metadata) -> Result<Vec<Volume>, Error> {
         Client::find_volumes(self, filter).await

@@ -74,7 +74,9 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
         };
         // A volume an earlier try of this step made (found by its key) may hold data: only
         // one created now, on a backend whose new volumes read as zeros, is fresh.
-        let earlier = earlier_volume(ctx, spec.idempotency_key.as_deref().unwrap_or_default())
+        let earlier = ctx
+            .os
+            .volume_by_key(spec.idempotency_key.as_deref().unwrap_or_default())
             .await
             .map_err(|e| fail(p, e))?;
         let fresh = earlier.is_none() && plan.new_volumes_read_as_zeros;
@@ -110,18 +112,6 @@ pub async fn ensure_volumes(ctx: &Ctx) -> Result<(), JobError> {
         })?;
     }
     ensure_attached(ctx, p).await
-}
-
-/// The volume an earlier try made with this idempotency key, if any.
-async fn earlier_volume(ctx: &Ctx, key: &str) -> Result<Option<crate::cloud::openstack::Volume>, String> {
-    let filter: Metadata = [(crate::cloud::openstack::IDEMPOTENCY_KEY.to_string(), key.to_string())].into();
-    Ok(ctx
-        .os
-        .find_volumes(&filter)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|v| !v.status.starts_with("error") && v.status != "deleting"))
 }
 
 /// Every volume attached to this host with its identity verified (by-id link of its
@@ -219,15 +209,10 @@ pub async fn sync_round(ctx: &Ctx, phase: Phase) -> Result<(), JobError> {
         }
         let snap = c.create_lineage_snapshot(&vm, &label, false, &lineage).await?;
         let st = ctx.snapshot_state();
-        let found = check_disk_set(&st.disks, &snap, https);
-        let found = match found {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = c.remove_snapshot(&snap.snapshot).await;
-                Err(vsphere::Error::Config(e))
-            }
-        };
-        found?;
+        if let Err(e) = check_disk_set(&st.disks, &snap, https) {
+            let _ = c.remove_snapshot(&snap.snapshot).await;
+            return Err(vsphere::Error::Config(e));
+        }
         let mut rounds = Vec::new();
         for d in &st.disks {
             let sd = snap.disks.iter().find(|s| s.key == d.key).expect("checked above");
